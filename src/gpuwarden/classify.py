@@ -1,0 +1,211 @@
+"""Pure: classify every GPU of a snapshot (seed §3) and build the status document.
+
+``classify(snapshot, threshold_mib, placements)`` is the only place that decides idle / model
+loaded / occupied. The same document feeds the CLI, the REST API and the dashboard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from gpuwarden.model import GpuProcess, GpuReading, GpuState, PlacementView, Snapshot
+
+CPU_INDEX = "CPU"
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    pid: int
+    process_name: str
+    type: str | None
+    used_memory_mib: int | None
+    user: str | None
+    model_name: str | None  # the gpuwarden model this process belongs to; None: foreign
+
+    @property
+    def foreign(self) -> bool:
+        return self.model_name is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "process_name": self.process_name,
+            "type": self.type,
+            "used_memory_mib": self.used_memory_mib,
+            "user": self.user,
+            "foreign": self.foreign,
+            "model_name": self.model_name,
+        }
+
+
+@dataclass(frozen=True)
+class GpuStatus:
+    index: int
+    name: str | None
+    uuid: str | None
+    bus_id: str | None
+    memory_used_mib: int | None
+    memory_total_mib: int | None
+    state: GpuState
+    model_name: str | None
+    select_enabled: bool  # seed §6: False only for occupied / unavailable GPUs
+    loadable: bool  # a new model may be loaded here now (idle)
+    process_info: tuple[ProcessInfo, ...]
+    reason: str  # one sentence a person can read: why this state
+
+    @property
+    def foreign_processes(self) -> tuple[ProcessInfo, ...]:
+        return tuple(p for p in self.process_info if p.foreign)
+
+    @property
+    def memory_used_fraction(self) -> float | None:
+        if self.memory_used_mib is None or not self.memory_total_mib:
+            return None
+        return min(1.0, max(0.0, self.memory_used_mib / self.memory_total_mib))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "name": self.name,
+            "uuid": self.uuid,
+            "bus_id": self.bus_id,
+            "memory_used_mib": self.memory_used_mib,
+            "memory_total_mib": self.memory_total_mib,
+            "state": self.state.value,
+            "model_name": self.model_name,
+            "select_enabled": self.select_enabled,
+            "loadable": self.loadable,
+            "reason": self.reason,
+            "process_info": [p.to_dict() for p in self.process_info],
+        }
+
+
+@dataclass(frozen=True)
+class StatusDocument:
+    mode: str  # "gpu" or "cpu"
+    error: str | None
+    warnings: tuple[str, ...]
+    threshold_mib: int
+    checked_at: datetime
+    source: str
+    gpus: tuple[GpuStatus, ...]
+    unassigned_processes: tuple[ProcessInfo, ...]
+    processes_listed: bool  # False where the output cannot list processes (seed's CSV form)
+
+    @property
+    def total_gpus(self) -> int:
+        return len(self.gpus)
+
+    @property
+    def cpu_mode(self) -> bool:
+        return self.mode == "cpu"
+
+    def gpu(self, index: int) -> GpuStatus | None:
+        return next((g for g in self.gpus if g.index == index), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.cpu_mode:
+            entries: list[dict[str, Any]] = [
+                {"index": CPU_INDEX, "state": GpuState.IDLE.value, "model_name": None, "select_enabled": True}
+            ]
+        else:
+            entries = [gpu.to_dict() for gpu in self.gpus]
+        return {
+            "total_gpus": self.total_gpus,
+            "mode": self.mode,
+            "error": self.error,
+            "warnings": list(self.warnings),
+            "threshold_mib": self.threshold_mib,
+            "checked_at": self.checked_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "source": self.source,
+            "processes_listed": self.processes_listed,
+            "gpu_status": entries,
+            "unassigned_processes": [p.to_dict() for p in self.unassigned_processes],
+        }
+
+
+def _owner(process: GpuProcess, placements: Sequence[PlacementView]) -> str | None:
+    for placement in placements:
+        if process.pid in placement.own_pids:
+            return placement.model_name
+    return None
+
+
+def _process_info(process: GpuProcess, placements: Sequence[PlacementView]) -> ProcessInfo:
+    return ProcessInfo(
+        pid=process.pid,
+        process_name=process.name,
+        type=process.type,
+        used_memory_mib=process.used_memory_mib,
+        user=process.user,
+        model_name=_owner(process, placements),
+    )
+
+
+def _describe(processes: Sequence[ProcessInfo]) -> str:
+    if not processes:
+        return "no process listed (another user's container or a vGPU host may hold it)"
+    shown = ", ".join(
+        f"PID {p.pid} {p.process_name}" + (f" ({p.user})" if p.user else "") for p in processes[:3])
+    more = f" and {len(processes) - 3} more" if len(processes) > 3 else ""
+    return shown + more
+
+
+def classify_gpu(
+    gpu: GpuReading,
+    processes: Sequence[GpuProcess],
+    threshold_mib: int,
+    placements: Sequence[PlacementView],
+) -> GpuStatus:
+    """One GPU. Memory used strictly above ``threshold_mib`` is in use; a GPU where gpuwarden
+    placed a model is ``model_loaded`` whatever its memory (a starting model may hold little)."""
+    infos = tuple(_process_info(p, placements) for p in processes)
+    models = [p.model_name for p in placements if gpu.index in p.gpu_indexes]
+    used = gpu.memory_used_mib
+    common = {
+        "index": gpu.index, "name": gpu.name, "uuid": gpu.uuid, "bus_id": gpu.bus_id,
+        "memory_used_mib": used, "memory_total_mib": gpu.memory_total_mib, "process_info": infos,
+    }
+    if models:
+        foreign = tuple(p for p in infos if p.foreign)
+        reason = f"model {', '.join(models)} loaded by gpuwarden"
+        if foreign:
+            reason += f"; also used by others: {_describe(foreign)}"
+        return GpuStatus(state=GpuState.MODEL_LOADED, model_name=", ".join(models), select_enabled=True,
+                         loadable=False, reason=reason, **common)  # type: ignore[arg-type]
+    if used is None:
+        return GpuStatus(state=GpuState.UNAVAILABLE, model_name=None, select_enabled=False, loadable=False,
+                         reason="memory use unreadable (GPU lost or not supported): not safe to load",
+                         **common)  # type: ignore[arg-type]
+    if used > threshold_mib:
+        return GpuStatus(state=GpuState.OCCUPIED_BY_OTHERS, model_name=None, select_enabled=False,
+                         loadable=False,
+                         reason=f"occupied by someone else: {used} MiB used > {threshold_mib} MiB; "
+                         + _describe(infos),
+                         **common)  # type: ignore[arg-type]
+    return GpuStatus(state=GpuState.IDLE, model_name=None, select_enabled=True, loadable=True,
+                     reason=f"idle: {used} MiB used <= {threshold_mib} MiB", **common)  # type: ignore[arg-type]
+
+
+def classify(snapshot: Snapshot, threshold_mib: int, placements: Sequence[PlacementView] = ()) -> StatusDocument:
+    """The status document for ``snapshot``. No GPU (or no GPU data): CPU mode, reason in ``error``."""
+    gpus = tuple(
+        classify_gpu(gpu, snapshot.processes_on(gpu.index), threshold_mib, placements) for gpu in snapshot.gpus)
+    mode = "gpu" if gpus else "cpu"
+    error = snapshot.error
+    if mode == "cpu" and error is None:
+        error = "no NVIDIA GPU detected"
+    return StatusDocument(
+        mode=mode,
+        error=error,
+        warnings=snapshot.warnings,
+        threshold_mib=threshold_mib,
+        checked_at=snapshot.taken_at,
+        source=snapshot.source,
+        gpus=gpus,
+        unassigned_processes=tuple(_process_info(p, placements) for p in snapshot.unassigned_processes),
+        processes_listed=snapshot.lists_processes,
+    )

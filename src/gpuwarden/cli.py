@@ -1,0 +1,235 @@
+"""The command line: ``gpuwarden status | models | load | unload | serve``.
+
+The CLI acts itself, on the same state database as a running server (one source of truth; loads
+are serialized machine-wide by the database), so it works with or without the server.
+Exit codes: 0 done (CPU mode included), 1 refused or failed, 2 bad configuration or usage.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gpuwarden import __version__
+from gpuwarden.classify import StatusDocument
+from gpuwarden.config import ConfigError, Settings, load_settings
+from gpuwarden.controller import Controller, ControllerError, ModelView, build_controller, current_user
+from gpuwarden.model import GpuState
+
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+
+def _settings(ctx: click.Context, overrides: dict[str, Any] | None = None) -> Settings:
+    config: Path | None = ctx.obj.get("config") if ctx.obj else None
+    try:
+        return load_settings(config, overrides=overrides)
+    except ConfigError as error:
+        click.echo(f"gpuwarden: configuration error: {error}", err=True)
+        ctx.exit(EXIT_CONFIG)
+        raise AssertionError("unreachable") from None
+
+
+def _fail(ctx: click.Context, error: ControllerError) -> None:
+    click.echo(f"gpuwarden: {error}", err=True)
+    ctx.exit(EXIT_FAILED)
+
+
+def _safe(text: str | None) -> str:
+    """Untrusted text (process names) on a terminal: no control characters or escape sequences."""
+    if text is None:
+        return "-"
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
+def format_status(document: StatusDocument) -> str:
+    lines = []
+    if document.cpu_mode:
+        lines.append("CPU Mode (No GPU Detected)")
+        lines.append(f"  reason: {_safe(document.error)}")
+        lines.append("  models load onto the CPU")
+        return "\n".join(lines)
+    lines.append(f"Total GPUs: {document.total_gpus}   threshold: {document.threshold_mib} MiB   "
+                 f"checked: {document.checked_at:%Y-%m-%d %H:%M:%S} UTC   source: {document.source}")
+    for warning in document.warnings:
+        lines.append(f"warning: {_safe(warning)}")
+    lines.append(f"{'GPU':>3}  {'Name':<26} {'Memory used / total':>21}  State")
+    for gpu in document.gpus:
+        used = "?" if gpu.memory_used_mib is None else f"{gpu.memory_used_mib}"
+        total = "?" if gpu.memory_total_mib is None else f"{gpu.memory_total_mib}"
+        label = {
+            GpuState.IDLE: "idle",
+            GpuState.MODEL_LOADED: f"model loaded: {_safe(gpu.model_name)}",
+            GpuState.OCCUPIED_BY_OTHERS: "occupied by someone else",
+            GpuState.UNAVAILABLE: "unavailable (memory unreadable)",
+        }[gpu.state]
+        lines.append(f"{gpu.index:>3}  {_safe(gpu.name)[:26]:<26} {used + ' / ' + total + ' MiB':>21}  {label}")
+        for process in gpu.process_info:
+            memory = "N/A" if process.used_memory_mib is None else f"{process.used_memory_mib} MiB"
+            owner = f"model {process.model_name}" if process.model_name else "foreign"
+            lines.append(f"       PID {process.pid:<8} {_safe(process.process_name)[:48]:<48} "
+                         f"{_safe(process.user):<16} {memory:>10}  {process.type or '-':<4} {owner}")
+        if gpu.state is GpuState.OCCUPIED_BY_OTHERS and not gpu.process_info:
+            lines.append("       (no process listed: another container, user or vGPU guest holds the memory)")
+    if document.unassigned_processes:
+        lines.append("processes on GPUs not listed above:")
+        for process in document.unassigned_processes:
+            lines.append(f"       PID {process.pid:<8} {_safe(process.process_name)}")
+    return "\n".join(lines)
+
+
+def format_models(models: list[ModelView]) -> str:
+    if not models:
+        return "no models configured (add [[models]] entries to the configuration file)"
+    lines = [f"{'Model':<24} {'State':<11} {'GPUs':<8} {'PID':>8}  {'Uptime':>9}  Detail"]
+    for view in models:
+        gpus = ",".join(map(str, view.gpu_indexes)) if view.gpu_indexes else ("cpu" if view.loaded else "-")
+        uptime = "-" if view.uptime_seconds is None else _duration(view.uptime_seconds)
+        detail = view.error or (f"requested by {view.requested_by}" if view.loaded and view.requested_by else "")
+        lines.append(f"{_safe(view.name):<24} {view.state:<11} {gpus:<8} {view.pid or '-':>8}  {uptime:>9}  "
+                     f"{_safe(detail)}")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="TOML configuration file (default: GPUWARDEN_CONFIG, then the per-user location).")
+@click.version_option(__version__, prog_name="gpuwarden")
+@click.pass_context
+def cli(ctx: click.Context, config: Path | None) -> None:
+    """gpuwarden: load models only onto GPUs nobody else is using."""
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config
+
+
+def _controller(ctx: click.Context, overrides: dict[str, Any] | None = None) -> Controller:
+    controller = build_controller(_settings(ctx, overrides))
+    controller.reconcile()
+    return controller
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the status document as JSON.")
+@click.option("--threshold", type=click.IntRange(0, 10_000_000), default=None,
+              help="Memory threshold in MiB for this call (default: the configured one).")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool, threshold: int | None) -> None:
+    """Show every GPU: idle, model loaded, or occupied by someone else."""
+    controller = _controller(ctx)
+    if threshold is not None:
+        controller.memory_threshold_mib = threshold
+    document = controller.status(refresh=True)
+    if as_json:
+        click.echo(json.dumps(document.to_dict(), indent=2))
+    else:
+        click.echo(format_status(document))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def models(ctx: click.Context, as_json: bool) -> None:
+    """List the configured models with their state, GPUs, PID and uptime."""
+    controller = _controller(ctx)
+    try:
+        views = controller.models()
+    except ControllerError as error:
+        _fail(ctx, error)
+        return
+    if as_json:
+        click.echo(json.dumps([view.to_dict() for view in views], indent=2))
+    else:
+        click.echo(format_models(views))
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--gpus", default=None, help="GPU indexes such as '0' or '0,1', or 'cpu' (default: the first idle GPUs).")
+@click.pass_context
+def load(ctx: click.Context, model: str, gpus: str | None) -> None:
+    """Load MODEL onto idle GPUs (re-checked right before the load)."""
+    controller = _controller(ctx)
+    try:
+        selection: object = gpus if gpus is not None else _default_selection(controller, model)
+        view = controller.load(model, selection, requested_by=current_user())
+    except ControllerError as error:
+        _fail(ctx, error)
+        return
+    where = ",".join(map(str, view.gpu_indexes)) if view.gpu_indexes else "cpu"
+    click.echo(f"loaded {view.name} on GPU {where} (pid {view.pid}, {view.state}); log: {view.log_path}")
+
+
+def _default_selection(controller: Controller, model: str) -> object:
+    spec = controller.model_spec(model)
+    document = controller.status(refresh=True)
+    if document.cpu_mode or spec.default_gpus == 0:
+        return "cpu"
+    idle = [gpu.index for gpu in document.gpus if gpu.loadable]
+    if len(idle) < spec.default_gpus:
+        from gpuwarden.controller import LoadRefused
+
+        raise LoadRefused(f"model {model} wants {spec.default_gpus} GPU(s); idle now: "
+                          f"{', '.join(map(str, idle)) or 'none'}. Name them with --gpus")
+    return idle[: spec.default_gpus]
+
+
+@cli.command()
+@click.argument("model")
+@click.pass_context
+def unload(ctx: click.Context, model: str) -> None:
+    """Stop MODEL (its whole process tree) and free its GPUs."""
+    controller = _controller(ctx)
+    try:
+        view = controller.unload(model)
+    except ControllerError as error:
+        _fail(ctx, error)
+        return
+    click.echo(f"unloaded {view.name}")
+
+
+@cli.command()
+@click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default 8000).")
+@click.option("--demo", is_flag=True, help="Run on built-in demo data: two mock GPUs and harmless demo models.")
+@click.pass_context
+def serve(ctx: click.Context, host: str | None, port: int | None, demo: bool) -> None:
+    """Run the web dashboard and REST API."""
+    from gpuwarden.demo import demo_overrides
+    from gpuwarden.web.server import run_server
+
+    overrides: dict[str, Any] = demo_overrides() if demo else {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    settings = _settings(ctx, overrides)
+    run_server(settings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (testable in process)."""
+    try:
+        cli.main(args=argv, prog_name="gpuwarden", standalone_mode=False)
+    except click.exceptions.Exit as exit_:
+        return int(exit_.exit_code)
+    except click.ClickException as error:
+        error.show()
+        return EXIT_CONFIG
+    except click.exceptions.Abort:
+        return EXIT_FAILED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""Settings: one object, from a TOML file with ``GPUWARDEN_*`` environment variables over it.
+
+Built by :func:`load_settings` (never at import). A bad value raises :class:`ConfigError` whose
+message names the key, so start-up stops with a sentence the user can act on.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "GPUWARDEN_"
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the bad key."""
+
+
+def default_config_path() -> Path:
+    """``%APPDATA%\\gpuwarden\\gpuwarden.toml`` on Windows, else ``$XDG_CONFIG_HOME/gpuwarden/gpuwarden.toml``."""
+    if sys.platform == "win32":
+        base = Path(os.environ.get("APPDATA") or Path.home() / "AppData" / "Roaming")
+    else:
+        base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "gpuwarden" / "gpuwarden.toml"
+
+
+def default_state_dir() -> Path:
+    """``%LOCALAPPDATA%\\gpuwarden`` on Windows, else ``$XDG_STATE_HOME/gpuwarden``."""
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    else:
+        base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return base / "gpuwarden"
+
+
+class ModelConfig(BaseModel):
+    """One ``[[models]]`` entry: a program gpuwarden launches and supervises on chosen GPUs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=MODEL_NAME_PATTERN, description="Unique name shown in the UI and used by the CLI.")
+    command: tuple[str, ...] = Field(
+        min_length=1,
+        description="argv list. Placeholders: {port} (a free TCP port chosen at load), {gpus} (e.g. '0,1'),"
+        " {model} (the model's name), {python} (this Python interpreter).")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables (placeholders allowed).")
+    cwd: Path | None = Field(default=None, description="Working directory; default: the state directory.")
+    health_url: str | None = Field(
+        default=None, description="HTTP URL polled until it answers 2xx (placeholders allowed); "
+        "without it the model is running once its process has stayed alive for startup_grace_seconds.")
+    default_gpus: int = Field(default=1, ge=0, le=64, description="How many GPUs the model wants by default.")
+    startup_timeout_seconds: float = Field(
+        default=900.0, gt=0, description="Health check deadline; past it the model is stopped and marked failed.")
+    startup_grace_seconds: float = Field(
+        default=2.0, ge=0, description="Without health_url: how long the process must stay alive to count as running.")
+    description: str = Field(default="", max_length=500, description="Shown in the dashboard.")
+
+    @field_validator("command")
+    @classmethod
+    def _command_words(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value[0].strip():
+            raise ValueError("the program (first word) is empty")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+                raise ValueError(f"invalid environment variable name {key!r}")
+        return value
+
+
+class Settings(BaseSettings):
+    """Every gpuwarden setting. TOML keys and ``GPUWARDEN_<KEY>`` variables share these names."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True, case_sensitive=False)
+
+    memory_threshold_mib: int = Field(
+        default=30, ge=0, le=10_000_000,
+        description="Memory used strictly above this (MiB) marks a GPU in use.")
+    refresh_interval_seconds: int = Field(
+        default=300, ge=1, le=86_400, description="How often the server and the dashboard refresh GPU status.")
+    nvidia_smi_path: Path | None = Field(
+        default=None, description="nvidia-smi to run; default: PATH, then the usual Windows locations.")
+    nvidia_smi_timeout_seconds: float = Field(
+        default=15.0, gt=0, le=600, description="A hung nvidia-smi is killed after this long.")
+    mock_smi: Path | None = Field(
+        default=None, description="Read this recorded nvidia-smi output instead of running nvidia-smi "
+        "(several files joined with the OS path separator are combined).")
+    mock_smi_text: str | None = Field(default=None, description="The recorded output itself (wins over mock_smi).")
+    mock_smi_columns: str | None = Field(
+        default=None, description="Column names of a headerless CSV mock, e.g. 'index,memory.used'.")
+    state_dir: Path = Field(default_factory=default_state_dir,
+                            description="Where the state database and model logs live.")
+    stop_models_on_exit: bool = Field(
+        default=False, description="Stop running models when the server stops (default: leave them running).")
+    unload_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=600, description="Graceful stop time before a model's processes are killed.")
+    host: str = Field(default="127.0.0.1", description="Address `gpuwarden serve` listens on.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port `gpuwarden serve` listens on.")
+    models: tuple[ModelConfig, ...] = Field(default=(), description="The models users can load ([[models]]).")
+
+    @field_validator("mock_smi_text", "mock_smi_columns")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value if value else None
+
+    @model_validator(mode="after")
+    def _unique_model_names(self) -> Settings:
+        names = [model.name for model in self.models]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"models: duplicate name {', '.join(duplicates)}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load_settings merges file, environment and overrides into one dict first, so that a
+        # validation error names the key whichever source gave it.
+        return (init_settings,)
+
+    def model(self, name: str) -> ModelConfig | None:
+        return next((m for m in self.models if m.name == name), None)
+
+    @property
+    def mock_enabled(self) -> bool:
+        return self.mock_smi is not None or self.mock_smi_text is not None
+
+    @property
+    def mock_columns(self) -> tuple[str, ...] | None:
+        if not self.mock_smi_columns:
+            return None
+        return tuple(part.strip() for part in self.mock_smi_columns.split(",") if part.strip())
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror or error}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    return data
+
+
+def _format_validation_error(error: ValidationError, origin: dict[str, str], default_origin: str) -> str:
+    lines = []
+    for problem in error.errors():
+        location = ".".join(str(part) for part in problem["loc"]) or "(settings)"
+        source = origin.get(str(problem["loc"][0]), default_origin) if problem["loc"] else default_origin
+        if problem["type"] == "extra_forbidden":
+            lines.append(f"unknown setting '{location}' in {source}")
+        else:
+            lines.append(f"invalid setting '{location}' (from {source}): {problem['msg']}")
+    return "; ".join(lines)
+
+
+def load_settings(
+    config_path: Path | None = None,
+    environ: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Settings:
+    """Build the settings: ``overrides`` (command line) over environment over TOML file over defaults.
+
+    The file is ``config_path``, else ``GPUWARDEN_CONFIG``, else :func:`default_config_path` if it
+    exists. An explicitly named file that does not exist is an error.
+    """
+    env = dict(os.environ if environ is None else environ)
+    explicit = config_path or (Path(env[ENV_PREFIX + "CONFIG"]) if env.get(ENV_PREFIX + "CONFIG") else None)
+    path = explicit or default_config_path()
+    file_values: dict[str, Any] = {}
+    if explicit is not None or path.is_file():
+        if explicit is not None and not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        file_values = _read_toml(path)
+    file_origin = f"config file {path}"
+    env_values = {
+        key[len(ENV_PREFIX):].lower(): value
+        for key, value in env.items()
+        if key.upper().startswith(ENV_PREFIX) and key[len(ENV_PREFIX):].lower() != "config"
+    }
+    unknown_env = sorted(k for k in env_values if k not in Settings.model_fields or k == "models")
+    if unknown_env:
+        raise ConfigError(
+            "unknown setting " + ", ".join(f"'{ENV_PREFIX}{k.upper()}' in the environment" for k in unknown_env))
+    merged = {**file_values, **env_values, **(overrides or {})}
+    try:
+        return Settings(**merged)
+    except ValidationError as error:
+        origin = {key: file_origin for key in file_values}
+        origin.update({key: f"environment variable {ENV_PREFIX}{key.upper()}" for key in env_values})
+        origin.update({key: "the command line" for key in overrides or {}})
+        raise ConfigError(_format_validation_error(error, origin, file_origin)) from None
+
+
+def documented_settings() -> dict[str, str]:
+    """Every setting with its description: the README and the example file must cover them all."""
+    return {name: field.description or "" for name, field in Settings.model_fields.items()}

@@ -1,0 +1,506 @@
+"""Use cases: status, load, unload, models, settings. The one place where the rules are applied.
+
+One source of truth: the state database. The server and the CLI both act through a Controller on
+the same database, and every load runs inside one machine-wide exclusive transaction (see
+:mod:`gpuwarden.store`), so two loads (two clicks, a click and a CLI call) can never both win.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from gpuwarden.classify import StatusDocument, classify
+from gpuwarden.config import ModelConfig, Settings
+from gpuwarden.model import GpuState, PlacementView, Snapshot
+from gpuwarden.probe import GpuSource, utc_now
+from gpuwarden.store import PlacementRecord, Store, StoreError
+from gpuwarden.supervisor import (
+    LaunchError,
+    Supervisor,
+    free_port,
+    health_ok,
+    is_alive,
+    log_tail,
+    process_tree,
+    read_exit_file,
+    stop_tree,
+    substitute,
+)
+
+CPU_SELECTION = "cpu"
+RUNTIME_SETTINGS = ("memory_threshold_mib", "refresh_interval_seconds")
+
+
+class ControllerError(Exception):
+    """A request could not be carried out; the message says why. ``status_code`` maps to HTTP."""
+
+    status_code = 500
+
+
+class UnknownModel(ControllerError):
+    status_code = 404
+
+
+class BadSelection(ControllerError):
+    status_code = 422
+
+
+class LoadRefused(ControllerError):
+    status_code = 409
+
+
+class NotLoaded(ControllerError):
+    status_code = 409
+
+
+class StateUnavailable(ControllerError):
+    status_code = 503
+
+
+def parse_selection(value: object) -> tuple[int, ...] | None:
+    """``"1"``, ``"0,1"``, ``[0, 1]``, ``"cpu"`` -> GPU indexes, or None for CPU. Raises BadSelection."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() == CPU_SELECTION:
+            return None
+        parts: list[object] = [part.strip() for part in text.split(",")] if text else []
+    elif isinstance(value, (list, tuple)):
+        if len(value) == 1 and isinstance(value[0], str) and value[0].strip().lower() == CPU_SELECTION:
+            return None
+        parts = list(value)
+    else:
+        raise BadSelection("GPU selection must be a string like '0,1', a list of indexes, or 'cpu'")
+    if not parts:
+        raise BadSelection("GPU selection is empty: choose at least one GPU, or 'cpu'")
+    if len(parts) > 64:
+        raise BadSelection("GPU selection names too many GPUs")
+    indexes: list[int] = []
+    for part in parts:
+        if isinstance(part, bool):
+            raise BadSelection(f"invalid GPU index {part!r}")
+        if isinstance(part, int):
+            index = part
+        elif isinstance(part, str) and part.isascii() and part.isdigit() and len(part) <= 4:
+            index = int(part)
+        else:
+            raise BadSelection(f"invalid GPU index {str(part)[:20]!r}: use numbers like '0,1' or 'cpu'")
+        if index < 0 or index > 4095:
+            raise BadSelection(f"invalid GPU index {index}")
+        if index in indexes:
+            raise BadSelection(f"GPU {index} is selected twice")
+        indexes.append(index)
+    return tuple(indexes)
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """A configured model and what it is doing now."""
+
+    name: str
+    description: str
+    default_gpus: int
+    state: str  # not_loaded | starting | running | stopping | stopped | failed
+    gpu_indexes: tuple[int, ...]
+    pid: int | None
+    port: int | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    requested_by: str | None
+    exit_code: int | None
+    error: str | None
+    log_tail: str | None
+    log_path: str | None
+    uptime_seconds: float | None
+
+    @property
+    def loaded(self) -> bool:
+        return self.state in ("starting", "running", "stopping")
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.loaded and not self.gpu_indexes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "description": self.description, "default_gpus": self.default_gpus,
+            "state": self.state, "gpus": list(self.gpu_indexes), "cpu": self.on_cpu, "pid": self.pid,
+            "port": self.port,
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "ended_at": self.ended_at.isoformat() if self.ended_at else None,
+            "requested_by": self.requested_by, "exit_code": self.exit_code, "error": self.error,
+            "log_tail": self.log_tail, "log_path": self.log_path,
+            "uptime_seconds": round(self.uptime_seconds, 1) if self.uptime_seconds is not None else None,
+        }
+
+
+def exit_path_for(log_path: str | None) -> Path | None:
+    return Path(log_path).with_suffix(".exit.json") if log_path else None
+
+
+class Controller:
+    """Status, load, unload. Thread-safe; safe beside other processes using the same state_dir."""
+
+    def __init__(self, settings: Settings, source: GpuSource, store: Store, supervisor: Supervisor,
+                 clock: Callable[[], datetime] = utc_now) -> None:
+        self.settings = settings
+        self.source = source
+        self.store = store
+        self.supervisor = supervisor
+        self.clock = clock
+        self.memory_threshold_mib = settings.memory_threshold_mib
+        self.refresh_interval_seconds = settings.refresh_interval_seconds
+        self._load_lock = threading.Lock()
+        self._probe = threading.Condition()
+        self._probe_in_flight = False
+        self._probe_generation = 0
+        self._latest: Snapshot | None = None
+        self.probe_runs = 0
+        self._changes = threading.Condition()
+        self.version = 0
+        self._store_generation = -1
+        self._load_runtime_settings()
+
+    # ----------------------------------------------------------------- notifications
+
+    def _changed(self) -> None:
+        with self._changes:
+            self.version += 1
+            self._changes.notify_all()
+
+    def wait_for_change(self, seen_version: int, timeout_seconds: float) -> int:
+        """Block until the version moves past ``seen_version`` (or the timeout); return it."""
+        with self._changes:
+            self._changes.wait_for(lambda: self.version != seen_version, timeout=timeout_seconds)
+            return self.version
+
+    # ----------------------------------------------------------------- settings
+
+    def _load_runtime_settings(self) -> None:
+        try:
+            with self.store.read() as tx:
+                saved = tx.settings()
+        except StoreError:
+            return
+        threshold = saved.get("memory_threshold_mib")
+        interval = saved.get("refresh_interval_seconds")
+        if isinstance(threshold, int) and 0 <= threshold <= 10_000_000:
+            self.memory_threshold_mib = threshold
+        if isinstance(interval, int) and 1 <= interval <= 86_400:
+            self.refresh_interval_seconds = interval
+
+    def runtime_settings(self) -> dict[str, int]:
+        return {"memory_threshold_mib": self.memory_threshold_mib,
+                "refresh_interval_seconds": self.refresh_interval_seconds}
+
+    def update_settings(self, values: dict[str, int]) -> dict[str, int]:
+        """Change the threshold / interval now and persist them in the state database."""
+        try:
+            with self.store.exclusive() as tx:
+                tx.save_settings(values)
+        except StoreError as error:
+            raise StateUnavailable(str(error)) from None
+        self.memory_threshold_mib = values.get("memory_threshold_mib", self.memory_threshold_mib)
+        self.refresh_interval_seconds = values.get("refresh_interval_seconds", self.refresh_interval_seconds)
+        self._changed()
+        return self.runtime_settings()
+
+    # ----------------------------------------------------------------- status
+
+    def snapshot(self, *, refresh: bool = False, fresh: bool = False) -> Snapshot:
+        """The latest snapshot. ``refresh``: probe now, sharing a probe already in flight.
+        ``fresh``: probe now with a run that starts after this call (the pre-load check)."""
+        with self._probe:
+            if self._latest is not None and not refresh and not fresh:
+                return self._latest
+            if self._probe_in_flight:
+                generation = self._probe_generation
+                self._probe.wait_for(lambda: self._probe_generation != generation)
+                if not fresh and self._latest is not None:
+                    return self._latest
+                self._probe.wait_for(lambda: not self._probe_in_flight)
+            self._probe_in_flight = True
+        snapshot: Snapshot | None = None
+        try:
+            snapshot = self.source.snapshot()
+        finally:
+            with self._probe:
+                if snapshot is not None:
+                    self._latest = snapshot
+                self.probe_runs += 1
+                self._probe_generation += 1
+                self._probe_in_flight = False
+                self._probe.notify_all()
+        return snapshot
+
+    def _placement_views(self, records: Sequence[PlacementRecord]) -> list[PlacementView]:
+        return [
+            PlacementView(model_name=r.model_name, gpu_indexes=r.gpu_indexes,
+                          own_pids=process_tree(r.pid, r.process_start_time) if r.pid else frozenset())
+            for r in records
+        ]
+
+    def status(self, *, refresh: bool = False) -> StatusDocument:
+        snapshot = self.snapshot(refresh=refresh)
+        try:
+            with self.store.read() as tx:
+                records = tx.active_placements()
+        except StoreError as error:
+            document = classify(snapshot, self.memory_threshold_mib, ())
+            return StatusDocument(**{**document.__dict__,
+                                     "warnings": (*document.warnings, f"model placements unknown: {error}")})
+        return classify(snapshot, self.memory_threshold_mib, self._placement_views(records))
+
+    # ----------------------------------------------------------------- models
+
+    def models(self) -> list[ModelView]:
+        try:
+            with self.store.read() as tx:
+                latest = tx.latest_placements()
+        except StoreError as error:
+            raise StateUnavailable(str(error)) from None
+        now = self.clock()
+        views = []
+        for spec in self.settings.models:
+            record = latest.get(spec.name)
+            if record is None:
+                views.append(ModelView(spec.name, spec.description, spec.default_gpus, "not_loaded", (), None, None,
+                                       None, None, None, None, None, None, None, None))
+                continue
+            uptime = (now - record.started_at).total_seconds() if record.active else None
+            views.append(ModelView(
+                name=spec.name, description=spec.description, default_gpus=spec.default_gpus, state=record.state,
+                gpu_indexes=record.gpu_indexes, pid=record.pid, port=record.port, started_at=record.started_at,
+                ended_at=record.ended_at, requested_by=record.requested_by, exit_code=record.exit_code,
+                error=record.error, log_tail=record.log_tail if not record.active else None,
+                log_path=record.log_path, uptime_seconds=uptime))
+        return views
+
+    def model_spec(self, name: str) -> ModelConfig:
+        spec = self.settings.model(name)
+        if spec is None:
+            known = ", ".join(m.name for m in self.settings.models) or "none configured"
+            raise UnknownModel(f"unknown model {name[:80]!r} (known: {known})")
+        return spec
+
+    # ----------------------------------------------------------------- load / unload
+
+    def load(self, name: str, selection: object, requested_by: str | None = None) -> ModelView:
+        """Validate, then under the machine-wide lock: fresh probe, refuse unsafe GPUs, start, record."""
+        spec = self.model_spec(name)
+        indexes = parse_selection(selection)
+        self.reconcile()
+        with self._load_lock:
+            try:
+                with self.store.exclusive() as tx:
+                    active = tx.active_placements()
+                    mine = [p for p in active if p.model_name == name]
+                    if mine:
+                        where = ", ".join(map(str, mine[0].gpu_indexes)) or "CPU"
+                        raise LoadRefused(f"model {name} is already loaded ({mine[0].state}, on GPU {where});"
+                                          " unload it first")
+                    snapshot = self.snapshot(fresh=True)
+                    uuids = self._check_gpus(indexes, snapshot, active)
+                    launched, port = self._launch(spec, indexes or ())
+                    tx.insert_placement(
+                        model_name=name, gpu_indexes=indexes or (), gpu_uuids=uuids, pid=launched.pid,
+                        process_start_time=launched.start_time, port=port, started_at=self.clock(),
+                        requested_by=requested_by, log_path=str(launched.log_path))
+            except StoreError as error:
+                raise StateUnavailable(f"cannot load {name}: {error}") from None
+        self._changed()
+        return next(view for view in self.models() if view.name == name)
+
+    def _check_gpus(self, indexes: tuple[int, ...] | None, snapshot: Snapshot,
+                    active: Sequence[PlacementRecord]) -> tuple[str | None, ...]:
+        if indexes is None:
+            return ()
+        document = classify(snapshot, self.memory_threshold_mib, self._placement_views(active))
+        if document.cpu_mode:
+            raise LoadRefused(f"no GPU available ({document.error}); load onto 'cpu' instead")
+        missing = [i for i in indexes if document.gpu(i) is None]
+        if missing:
+            existing = ", ".join(str(g.index) for g in document.gpus)
+            raise BadSelection(f"GPU {', '.join(map(str, missing))} does not exist (GPUs here: {existing})")
+        problems = []
+        for index in indexes:
+            gpu = document.gpu(index)
+            assert gpu is not None
+            if gpu.state is GpuState.IDLE:
+                continue
+            if gpu.state is GpuState.MODEL_LOADED:
+                problems.append(f"GPU {index} holds model {gpu.model_name}")
+            elif gpu.state is GpuState.OCCUPIED_BY_OTHERS:
+                problems.append(f"GPU {index} became occupied by someone else ({gpu.reason.split(': ', 1)[-1]})")
+            else:
+                problems.append(f"GPU {index} is unavailable ({gpu.reason})")
+        if problems:
+            raise LoadRefused("refused: " + "; ".join(problems))
+        return tuple(gpu.uuid for gpu in (document.gpu(i) for i in indexes) if gpu is not None)
+
+    def _launch(self, spec: ModelConfig, indexes: tuple[int, ...]) -> tuple[Any, int | None]:
+        needs_port = any("{port}" in part for part in (*spec.command, *spec.env.values(), spec.health_url or ""))
+        port = free_port() if needs_port else None
+        values = {"port": str(port or ""), "gpus": ",".join(map(str, indexes)), "model": spec.name,
+                  "python": sys.executable}
+        argv = [substitute(part, values) for part in spec.command]
+        env = dict(os.environ)
+        env.update({key: substitute(value, values) for key, value in spec.env.items()})
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, indexes))
+        env["GPUWARDEN_MODEL"] = spec.name
+        for key in [k for k in env if k.upper().startswith("GPUWARDEN_") and k != "GPUWARDEN_MODEL"]:
+            del env[key]  # the model must not inherit gpuwarden's own settings (mock mode etc.)
+        cwd = spec.cwd or self.settings.state_dir
+        try:
+            return self.supervisor.launch(model_name=spec.name, argv=argv, env=env, cwd=cwd), port
+        except LaunchError as error:
+            raise ControllerError(str(error)) from None
+
+    def unload(self, name: str) -> ModelView:
+        """Stop the model's whole process tree (graceful, then forced) and free its GPUs."""
+        self.model_spec(name)
+        try:
+            with self.store.exclusive() as tx:
+                mine = [p for p in tx.active_placements() if p.model_name == name]
+                if not mine:
+                    raise NotLoaded(f"model {name} is not loaded")
+                for record in mine:
+                    tx.set_state(record.id, "stopping")
+        except StoreError as error:
+            raise StateUnavailable(f"cannot unload {name}: {error}") from None
+        self._changed()
+        for record in mine:
+            if record.pid:
+                stop_tree(record.pid, record.process_start_time, self.settings.unload_timeout_seconds)
+        try:
+            with self.store.exclusive() as tx:
+                for record in mine:
+                    exit_record = read_exit_file(exit_path_for(record.log_path)) if record.log_path else None
+                    tx.finish_placement(record.id, state="stopped", ended_at=self.clock(),
+                                        exit_code=exit_record.exit_code if exit_record else None, error=None,
+                                        log_tail=log_tail(Path(record.log_path) if record.log_path else None))
+        except StoreError as error:
+            raise StateUnavailable(f"model {name} was stopped but its state could not be saved: {error}") from None
+        self.snapshot(fresh=True)
+        self._changed()
+        return next(view for view in self.models() if view.name == name)
+
+    # ----------------------------------------------------------------- supervision
+
+    def reconcile(self, *, at_startup: bool = False) -> bool:
+        """Notice models that ended, passed their health check, or timed out. True if anything changed.
+
+        At start-up this re-adopts placements whose process still runs (same PID *and* start time)
+        and marks the rest stopped.
+        """
+        self.supervisor.reap()
+        try:
+            with self.store.read() as tx:
+                active = tx.active_placements()
+                generation = tx.generation()
+        except StoreError:
+            return False
+        outcomes: list[tuple[PlacementRecord, str, int | None, str | None]] = []
+        promote: list[PlacementRecord] = []
+        now = self.clock()
+        for record in active:
+            alive = record.pid is not None and is_alive(record.pid, record.process_start_time)
+            if not alive:
+                outcomes.append(self._ending(record, at_startup))
+                continue
+            if record.state != "starting":
+                continue
+            spec = self.settings.model(record.model_name)
+            elapsed = (now - record.started_at).total_seconds()
+            if spec is None or self._healthy(spec, record, elapsed):
+                promote.append(record)
+            elif elapsed > spec.startup_timeout_seconds:
+                stop_tree(record.pid or 0, record.process_start_time, self.settings.unload_timeout_seconds)
+                outcomes.append((record, "failed", None,
+                                 f"health check did not pass within {spec.startup_timeout_seconds:g} s; stopped"))
+        changed = bool(outcomes or promote)
+        if changed:
+            try:
+                with self.store.exclusive() as tx:
+                    for record in promote:
+                        tx.mark_running(record.id)
+                    for record, state, code, error in outcomes:
+                        tx.finish_placement(record.id, state=state, ended_at=now, exit_code=code, error=error,
+                                            log_tail=log_tail(Path(record.log_path) if record.log_path else None))
+                    generation = tx.generation()
+            except StoreError:
+                return False
+        if generation != self._store_generation:
+            changed = changed or self._store_generation != -1
+            self._store_generation = generation
+            self._load_runtime_settings()
+        if changed:
+            self._changed()
+        return changed
+
+    def _ending(self, record: PlacementRecord, at_startup: bool) -> tuple[PlacementRecord, str, int | None, str | None]:
+        exit_record = read_exit_file(exit_path_for(record.log_path)) if record.log_path else None
+        if record.state == "stopping":
+            return record, "stopped", exit_record.exit_code if exit_record else None, None
+        if exit_record is not None:
+            code = exit_record.exit_code
+            if code == 0:
+                return record, "stopped", 0, "the model exited by itself (exit code 0)"
+            return record, "failed", code, exit_record.error or f"the model exited with code {code}"
+        if at_startup:
+            return record, "stopped", None, "not running when gpuwarden started (machine restarted?)"
+        return record, "failed", None, "the model's process disappeared (killed?)"
+
+    def _healthy(self, spec: ModelConfig, record: PlacementRecord, elapsed_seconds: float) -> bool:
+        if spec.health_url:
+            values = {"port": str(record.port or ""), "model": spec.name,
+                      "gpus": ",".join(map(str, record.gpu_indexes)), "python": sys.executable}
+            return health_ok(substitute(spec.health_url, values))
+        return elapsed_seconds >= spec.startup_grace_seconds
+
+    def stop_all(self) -> None:
+        """Unload every loaded model (used when stop_models_on_exit is set)."""
+        for view in self.models():
+            if view.loaded:
+                try:
+                    self.unload(view.name)
+                except ControllerError:
+                    pass
+
+
+def current_user() -> str | None:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError, ImportError):
+        return None
+
+
+def wait_until(predicate: Callable[[], bool], timeout_seconds: float, interval_seconds: float = 0.1) -> bool:
+    """Poll ``predicate`` until true or timeout (used by the CLI's --wait)."""
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_seconds)
+    return predicate()
+
+
+def build_controller(settings: Settings, source: GpuSource | None = None) -> Controller:
+    """The factory every entry point uses: source from settings, store and logs under state_dir."""
+    from gpuwarden.probe import make_source
+
+    return Controller(
+        settings=settings,
+        source=source or make_source(settings),
+        store=Store(settings.state_dir / "gpuwarden.db"),
+        supervisor=Supervisor(settings.state_dir / "logs"),
+    )

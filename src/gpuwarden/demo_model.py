@@ -1,0 +1,71 @@
+"""A harmless stand-in for a model server, used by ``gpuwarden serve --demo`` and the tests.
+
+It serves ``GET /health`` (200) and ``GET /`` (which GPUs it was given) on ``--port``, logs a line
+now and then, and exits cleanly on SIGTERM / Ctrl+C. It loads nothing and downloads nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        body = json.dumps({
+            "model": os.environ.get("GPUWARDEN_MODEL"),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "pid": os.getpid(),
+        }).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=0, help="serve /health here (0: no server)")
+    parser.add_argument("--startup-seconds", type=float, default=1.0, help="pretend to load for this long")
+    parser.add_argument("--fail-after", type=float, default=None, help="exit with code 3 after this long")
+    options = parser.parse_args(argv)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    for name in ("SIGTERM", "SIGINT", "SIGBREAK"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), on_signal)
+    print(f"demo model {os.environ.get('GPUWARDEN_MODEL')} on CUDA_VISIBLE_DEVICES="
+          f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}: loading...", flush=True)
+    stop.wait(options.startup_seconds)
+    server = None
+    if options.port:
+        server = ThreadingHTTPServer(("127.0.0.1", options.port), _Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    print(f"demo model ready (port {options.port or 'none'})", flush=True)
+    started = time.monotonic()
+    while not stop.wait(1.0):
+        if options.fail_after is not None and time.monotonic() - started >= options.fail_after:
+            print("demo model: simulated crash", flush=True)
+            return 3
+    if server is not None:
+        server.shutdown()
+    print("demo model stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

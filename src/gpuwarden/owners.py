@@ -1,0 +1,96 @@
+"""Who runs a PID, and its process tree: the operating system's view, through psutil (portable).
+
+nvidia-smi prints PIDs; whether that PID is the same process here is checked against its name,
+since a PID from another PID namespace (a container) or a recording may name an unrelated process.
+"""
+
+from __future__ import annotations
+
+import ntpath
+import posixpath
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import Protocol
+
+import psutil
+
+from gpuwarden.model import GpuProcess
+
+
+class ProcessLookup(Protocol):
+    """The OS facts gpuwarden needs about a PID."""
+
+    def user_of(self, pid: int, smi_name: str) -> str | None: ...
+
+    def start_time(self, pid: int) -> float | None: ...
+
+    def tree(self, pid: int) -> frozenset[int]: ...
+
+
+def _basename(name: str) -> str:
+    name = name.strip().lstrip(".").strip()
+    return posixpath.basename(ntpath.basename(name)).lower()
+
+
+def names_match(smi_name: str, candidates: Iterable[str]) -> bool:
+    """Does nvidia-smi's (possibly truncated) name plausibly name this process?"""
+    wanted = _basename(smi_name)
+    if not wanted or smi_name.strip().lower() == "insufficient permissions":
+        return True  # nothing to check against
+    for candidate in candidates:
+        have = _basename(candidate)
+        if not have:
+            continue
+        if have == wanted or have.startswith(wanted) or wanted.startswith(have) or wanted.endswith(have):
+            return True
+    return False
+
+
+class PsutilLookup:
+    """The real lookup. Every call tolerates processes that vanish or deny access."""
+
+    def user_of(self, pid: int, smi_name: str) -> str | None:
+        try:
+            process = psutil.Process(pid)
+            with process.oneshot():
+                candidates = [process.name()]
+                try:
+                    candidates.append(process.exe())
+                except (psutil.AccessDenied, psutil.ZombieProcess, OSError):
+                    pass
+                try:
+                    cmdline = process.cmdline()
+                    if cmdline:
+                        candidates.append(cmdline[0])
+                except (psutil.AccessDenied, psutil.ZombieProcess, OSError):
+                    pass
+                if not names_match(smi_name, candidates):
+                    return None
+                return process.username()
+        except (psutil.Error, OSError, ValueError):
+            return None
+
+    def start_time(self, pid: int) -> float | None:
+        try:
+            return psutil.Process(pid).create_time()
+        except (psutil.Error, OSError, ValueError):
+            return None
+
+    def tree(self, pid: int) -> frozenset[int]:
+        try:
+            process = psutil.Process(pid)
+            return frozenset([pid, *(child.pid for child in process.children(recursive=True))])
+        except (psutil.Error, OSError, ValueError):
+            return frozenset()
+
+
+def with_users(processes: Iterable[GpuProcess], lookup: ProcessLookup) -> tuple[GpuProcess, ...]:
+    """The processes with ``user`` filled in where the OS shows the same process here."""
+    cache: dict[tuple[int, str], str | None] = {}
+    result = []
+    for process in processes:
+        key = (process.pid, process.name)
+        if key not in cache:
+            cache[key] = lookup.user_of(process.pid, process.name)
+        result.append(replace(process, user=cache[key]))
+    return tuple(result)

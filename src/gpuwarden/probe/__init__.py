@@ -1,0 +1,99 @@
+"""GPU sources: where snapshots come from. One small interface, a real source and a mock beside it.
+
+:func:`make_source` picks one from the settings: mock mode when ``mock_smi`` / ``mock_smi_text``
+is set, else the real nvidia-smi.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+from gpuwarden.config import Settings
+from gpuwarden.model import Snapshot
+from gpuwarden.owners import ProcessLookup, PsutilLookup, with_users
+from gpuwarden.probe.assemble import build_snapshot, cpu_snapshot
+from gpuwarden.probe.mock import MockSource
+from gpuwarden.probe.parse import NvidiaSmiParseError, parse_output
+from gpuwarden.probe.smi import QUERY_ARGS, NvidiaSmiFailed, NvidiaSmiNotFound, find_nvidia_smi, run_nvidia_smi
+
+
+class GpuSource(Protocol):
+    """Anything that can take a snapshot of this machine's GPUs. Never raises for GPU trouble:
+    a failing driver is a snapshot with ``error`` set."""
+
+    @property
+    def description(self) -> str: ...
+
+    def snapshot(self) -> Snapshot: ...
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+class SmiSource:
+    """The real nvidia-smi (``-q -x``), with users from the OS."""
+
+    def __init__(
+        self,
+        *,
+        configured_path: Path | None,
+        timeout_seconds: float,
+        lookup: ProcessLookup,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._configured_path = configured_path
+        self._timeout_seconds = timeout_seconds
+        self._lookup = lookup
+        self._clock = clock
+
+    @property
+    def description(self) -> str:
+        return "nvidia-smi"
+
+    def snapshot(self) -> Snapshot:
+        now = self._clock()
+        try:
+            executable = find_nvidia_smi(self._configured_path)
+            result = run_nvidia_smi(executable, QUERY_ARGS, self._timeout_seconds)
+        except (NvidiaSmiNotFound, NvidiaSmiFailed) as error:
+            return cpu_snapshot(now, self.description, str(error))
+        text = result.stdout if result.stdout.strip() else result.stderr
+        if not text.strip():
+            return cpu_snapshot(now, self.description, f"nvidia-smi exited with code {result.returncode} and printed nothing")
+        try:
+            parsed = parse_output(text)
+        except NvidiaSmiParseError as error:
+            detail = text.strip().splitlines()[0][:300]
+            reason = (f"nvidia-smi failed (exit code {result.returncode}): {detail}" if result.returncode
+                      else f"cannot read nvidia-smi output: {error}")
+            return cpu_snapshot(now, self.description, reason)
+        snapshot = build_snapshot([parsed], now, self.description)
+        if result.returncode and snapshot.gpus and not snapshot.warnings:
+            stderr = result.stderr.strip().splitlines()
+            note = f"nvidia-smi exited with code {result.returncode}" + (f": {stderr[0][:300]}" if stderr else "")
+            snapshot = replace(snapshot, warnings=(note,))
+        return replace(
+            snapshot,
+            processes=with_users(snapshot.processes, self._lookup),
+            unassigned_processes=with_users(snapshot.unassigned_processes, self._lookup),
+        )
+
+
+def make_source(settings: Settings, lookup: ProcessLookup | None = None,
+                clock: Callable[[], datetime] = utc_now) -> GpuSource:
+    """Mock mode if configured (text wins over files), else the real nvidia-smi."""
+    if settings.mock_smi_text is not None:
+        return MockSource(text=settings.mock_smi_text, columns=settings.mock_columns, clock=clock)
+    if settings.mock_smi is not None:
+        return MockSource.from_setting(settings.mock_smi, settings.mock_columns, clock)
+    return SmiSource(
+        configured_path=settings.nvidia_smi_path,
+        timeout_seconds=settings.nvidia_smi_timeout_seconds,
+        lookup=lookup or PsutilLookup(),
+        clock=clock,
+    )

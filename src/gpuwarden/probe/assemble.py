@@ -1,0 +1,87 @@
+"""Pure: turn one or more parsed nvidia-smi outputs into one :class:`Snapshot`.
+
+``--query-compute-apps`` names a process's GPU by uuid / bus id, never by index: processes are
+joined to GPUs here. A process whose GPU is not listed is kept apart (``unassigned_processes``),
+never silently dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime
+
+from gpuwarden.model import GpuProcess, GpuReading, OutputKind, ParsedOutput, Snapshot
+from gpuwarden.probe.parse import normalize_bus_id
+
+
+def build_snapshot(outputs: Sequence[ParsedOutput], taken_at: datetime, source: str) -> Snapshot:
+    """Combine outputs (e.g. a ``--query-gpu`` CSV and a ``--query-compute-apps`` CSV)."""
+    gpus: tuple[GpuReading, ...] = ()
+    for output in outputs:
+        if output.gpus:
+            gpus = _merge_gpus(gpus, output.gpus) if gpus else output.gpus
+    messages = [message for output in outputs for message in output.messages]
+    driver_version = next((o.driver_version for o in outputs if o.driver_version), None)
+    lists_processes = any(output.lists_processes for output in outputs)
+    by_uuid = {gpu.uuid.lower(): gpu.index for gpu in gpus if gpu.uuid}
+    by_bus = {gpu.bus_id: gpu.index for gpu in gpus if gpu.bus_id}
+    known_indexes = {gpu.index for gpu in gpus}
+    assigned: list[GpuProcess] = []
+    unassigned: list[GpuProcess] = []
+    seen: set[tuple[int, int]] = set()
+    for output in outputs:
+        for process in output.processes:
+            index = process.gpu_index
+            if index is None and process.gpu_uuid:
+                index = by_uuid.get(process.gpu_uuid.lower())
+            if index is None and process.gpu_bus_id:
+                index = by_bus.get(normalize_bus_id(process.gpu_bus_id) or "")
+            if index is None or index not in known_indexes:
+                unassigned.append(process)
+                continue
+            if (index, process.pid) in seen and output.kind is OutputKind.PMON:
+                continue  # pmon repeats what a richer output already said
+            seen.add((index, process.pid))
+            assigned.append(replace(process, gpu_index=index))
+    error: str | None = None
+    warnings = tuple(messages)
+    if not gpus:
+        error = " ".join(messages) or "nvidia-smi reported no GPU"
+        warnings = ()
+    return Snapshot(
+        taken_at=taken_at,
+        source=source,
+        gpus=tuple(sorted(gpus, key=lambda g: g.index)),
+        processes=tuple(assigned),
+        unassigned_processes=tuple(unassigned),
+        lists_processes=lists_processes,
+        error=error,
+        warnings=warnings,
+        driver_version=driver_version,
+    )
+
+
+def _merge_gpus(first: tuple[GpuReading, ...], second: tuple[GpuReading, ...]) -> tuple[GpuReading, ...]:
+    """Fill what one output lacks from another that names the same GPU index."""
+    extra = {gpu.index: gpu for gpu in second}
+    merged = []
+    for gpu in first:
+        other = extra.pop(gpu.index, None)
+        if other is None:
+            merged.append(gpu)
+            continue
+        merged.append(GpuReading(
+            index=gpu.index,
+            name=gpu.name or other.name,
+            uuid=gpu.uuid or other.uuid,
+            bus_id=gpu.bus_id or other.bus_id,
+            memory_used_mib=gpu.memory_used_mib if gpu.memory_used_mib is not None else other.memory_used_mib,
+            memory_total_mib=gpu.memory_total_mib if gpu.memory_total_mib is not None else other.memory_total_mib,
+        ))
+    return tuple(merged) + tuple(extra.values())
+
+
+def cpu_snapshot(taken_at: datetime, source: str, reason: str) -> Snapshot:
+    """No GPU data at all: the reason is kept so the user is told (seed §6, Error Handling)."""
+    return Snapshot(taken_at=taken_at, source=source, lists_processes=False, error=reason)

@@ -1,0 +1,61 @@
+"""The launcher every model runs under: ``python -m gpuwarden.shim EXIT_FILE -- ARGV...``.
+
+It starts the model's command, waits for it and writes the exit code to EXIT_FILE, so gpuwarden
+learns how a model ended even when gpuwarden itself was not running at the time (it was
+restarted, or the model was loaded from the CLI). A stop request (SIGTERM, CTRL_BREAK) is passed
+on to the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+
+def write_exit_file(path: Path, exit_code: int | None, error: str | None) -> None:
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"exit_code": exit_code, "error": error, "ended_at": time.time()}),
+                         encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 3 or argv[1] != "--":
+        print("usage: python -m gpuwarden.shim EXIT_FILE -- COMMAND...", file=sys.stderr)
+        return 2
+    exit_file = Path(argv[0])
+    command = argv[2:]
+    try:
+        child = subprocess.Popen(command)
+    except OSError as error:
+        message = f"cannot start {command[0]!r}: {error.strerror or error}"
+        print(f"gpuwarden: {message}", file=sys.stderr, flush=True)
+        write_exit_file(exit_file, 127, message)
+        return 127
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        try:
+            child.send_signal(signum)
+        except OSError:
+            pass
+
+    for name in ("SIGTERM", "SIGINT", "SIGBREAK", "SIGHUP"):
+        if hasattr(signal, name):
+            try:
+                signal.signal(getattr(signal, name), forward)
+            except (OSError, ValueError):
+                pass
+    code = child.wait()
+    print(f"gpuwarden: model process exited with code {code}", file=sys.stderr, flush=True)
+    write_exit_file(exit_file, code, None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,269 @@
+"""The state database: SQLite behind one gateway, one schema string, one write path.
+
+Every read and write goes through a :class:`StoreTx`. :meth:`Store.exclusive` opens a
+``BEGIN IMMEDIATE`` transaction: SQLite lets one such writer at a time across every process on the
+machine (the server and any CLI), which is what serializes loads. The file is untrusted: rows that
+do not decode are reported, never trusted, and a corrupt file is left untouched for the user.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS placements (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    model_name TEXT NOT NULL,
+    gpu_indexes TEXT NOT NULL,          -- JSON list of ints; [] for CPU
+    gpu_uuids TEXT NOT NULL,            -- JSON list of str|null
+    pid INTEGER,
+    process_start_time REAL,
+    port INTEGER,
+    started_at TEXT NOT NULL,
+    requested_by TEXT,
+    state TEXT NOT NULL,                -- starting | running | stopping | stopped | failed
+    ended_at TEXT,
+    exit_code INTEGER,
+    error TEXT,
+    log_path TEXT,
+    log_tail TEXT
+);
+CREATE INDEX IF NOT EXISTS placements_by_model ON placements (model_name, id);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+ACTIVE_STATES = ("starting", "running", "stopping")
+ALL_STATES = (*ACTIVE_STATES, "stopped", "failed")
+_ACTIVE_SQL = "(" + ", ".join("?" for _ in ACTIVE_STATES) + ")"
+
+
+class StoreError(Exception):
+    """The state database cannot be used (corrupt, locked, unwritable); the message says which."""
+
+
+@dataclass(frozen=True)
+class PlacementRecord:
+    id: int
+    model_name: str
+    gpu_indexes: tuple[int, ...]
+    gpu_uuids: tuple[str | None, ...]
+    pid: int | None
+    process_start_time: float | None
+    port: int | None
+    started_at: datetime
+    requested_by: str | None
+    state: str
+    ended_at: datetime | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    log_path: str | None = None
+    log_tail: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).isoformat()
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _record(row: sqlite3.Row) -> PlacementRecord:
+    """Decode one row; the database is untrusted, so every field is checked."""
+    try:
+        indexes = json.loads(row["gpu_indexes"])
+        uuids = json.loads(row["gpu_uuids"])
+        if not isinstance(indexes, list) or not all(isinstance(i, int) and 0 <= i < 4096 for i in indexes):
+            raise ValueError("gpu_indexes")
+        if not isinstance(uuids, list) or not all(u is None or isinstance(u, str) for u in uuids):
+            raise ValueError("gpu_uuids")
+        started_at = _parse_time(row["started_at"])
+        if started_at is None or row["state"] not in ALL_STATES:
+            raise ValueError("started_at/state")
+        pid = row["pid"]
+        if pid is not None and (not isinstance(pid, int) or pid <= 0):
+            raise ValueError("pid")
+        return PlacementRecord(
+            id=int(row["id"]),
+            model_name=str(row["model_name"]),
+            gpu_indexes=tuple(indexes),
+            gpu_uuids=tuple(uuids),
+            pid=pid,
+            process_start_time=float(row["process_start_time"]) if row["process_start_time"] is not None else None,
+            port=row["port"] if isinstance(row["port"], int) else None,
+            started_at=started_at,
+            requested_by=row["requested_by"] if isinstance(row["requested_by"], str) else None,
+            state=row["state"],
+            ended_at=_parse_time(row["ended_at"]),
+            exit_code=row["exit_code"] if isinstance(row["exit_code"], int) else None,
+            error=row["error"] if isinstance(row["error"], str) else None,
+            log_path=row["log_path"] if isinstance(row["log_path"], str) else None,
+            log_tail=row["log_tail"] if isinstance(row["log_tail"], str) else None,
+        )
+    except (ValueError, TypeError, KeyError, IndexError) as error:
+        raise StoreError(f"state database row {row['id']!r} is damaged ({error}); "
+                         "remove or repair the database to continue") from None
+
+
+class StoreTx:
+    """Reads and writes within one transaction."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._db = connection
+
+    def _execute(self, sql: str, parameters: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        try:
+            return self._db.execute(sql, parameters)
+        except sqlite3.Error as error:
+            raise StoreError(f"state database error: {error}") from None
+
+    def active_placements(self) -> list[PlacementRecord]:
+        rows = self._execute(
+            f"SELECT * FROM placements WHERE state IN {_ACTIVE_SQL} ORDER BY id", ACTIVE_STATES).fetchall()
+        return [_record(row) for row in rows]
+
+    def latest_placements(self) -> dict[str, PlacementRecord]:
+        """The newest placement of every model that was ever loaded."""
+        rows = self._execute(
+            "SELECT * FROM placements WHERE id IN (SELECT MAX(id) FROM placements GROUP BY model_name)").fetchall()
+        return {record.model_name: record for record in map(_record, rows)}
+
+    def insert_placement(
+        self, *, model_name: str, gpu_indexes: tuple[int, ...], gpu_uuids: tuple[str | None, ...],
+        pid: int, process_start_time: float, port: int | None, started_at: datetime,
+        requested_by: str | None, log_path: str,
+    ) -> int:
+        cursor = self._execute(
+            "INSERT INTO placements (model_name, gpu_indexes, gpu_uuids, pid, process_start_time, port,"
+            " started_at, requested_by, state, log_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'starting', ?)",
+            (model_name, json.dumps(list(gpu_indexes)), json.dumps(list(gpu_uuids)), pid, process_start_time,
+             port, _iso(started_at), requested_by, log_path))
+        self._bump_generation()
+        return int(cursor.lastrowid or 0)
+
+    def finish_placement(self, placement_id: int, *, state: str, ended_at: datetime, exit_code: int | None,
+                         error: str | None, log_tail: str | None) -> None:
+        self._execute(
+            "UPDATE placements SET state = ?, ended_at = ?, exit_code = ?, error = ?, log_tail = ?"
+            f" WHERE id = ? AND state IN {_ACTIVE_SQL}",
+            (state, _iso(ended_at), exit_code, error, log_tail, placement_id, *ACTIVE_STATES))
+        self._bump_generation()
+
+    def set_state(self, placement_id: int, state: str) -> None:
+        """Move an active placement to another active state (``stopping``)."""
+        self._execute(f"UPDATE placements SET state = ? WHERE id = ? AND state IN {_ACTIVE_SQL}",
+                      (state, placement_id, *ACTIVE_STATES))
+        self._bump_generation()
+
+    def mark_running(self, placement_id: int) -> None:
+        self._execute("UPDATE placements SET state = 'running' WHERE id = ? AND state = 'starting'", (placement_id,))
+        self._bump_generation()
+
+    def settings(self) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for row in self._execute("SELECT key, value FROM settings").fetchall():
+            try:
+                result[str(row["key"])] = json.loads(row["value"])
+            except (ValueError, TypeError):
+                raise StoreError(f"state database setting {row['key']!r} is damaged") from None
+        return result
+
+    def save_settings(self, values: dict[str, Any]) -> None:
+        for key, value in values.items():
+            self._execute("INSERT INTO settings (key, value) VALUES (?, ?)"
+                          " ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, json.dumps(value)))
+        self._bump_generation()
+
+    def generation(self) -> int:
+        row = self._execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+        try:
+            return int(row["value"]) if row else 0
+        except (TypeError, ValueError):
+            return 0
+
+    def _bump_generation(self) -> None:
+        self._execute(
+            "INSERT INTO meta (key, value) VALUES ('generation', '1')"
+            " ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1")
+
+
+class Store:
+    """The gateway. Each transaction uses its own connection, so threads never share one."""
+
+    def __init__(self, path: Path, busy_timeout_seconds: float = 30.0) -> None:
+        self.path = path
+        self._busy_timeout_seconds = busy_timeout_seconds
+        self._ready = False
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(self.path, timeout=self._busy_timeout_seconds, isolation_level=None,
+                                         check_same_thread=False)
+        except (OSError, sqlite3.Error) as error:
+            raise StoreError(f"cannot open state database {self.path}: {error}") from None
+        connection.row_factory = sqlite3.Row
+        if not self._ready:
+            try:
+                connection.executescript(SCHEMA)
+                version = connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                if version is None:
+                    connection.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                                       (str(SCHEMA_VERSION),))
+                elif str(version["value"]) != str(SCHEMA_VERSION):
+                    raise StoreError(f"state database {self.path} has schema version {version['value']!r},"
+                                     f" this gpuwarden knows {SCHEMA_VERSION}")
+            except sqlite3.Error as error:
+                connection.close()
+                raise StoreError(f"state database {self.path} is unusable ({error}); it was left untouched:"
+                                 " move it aside to start afresh") from None
+            self._ready = True
+        return connection
+
+    @contextmanager
+    def _transaction(self, begin: str) -> Iterator[StoreTx]:
+        connection = self._connect()
+        try:
+            try:
+                connection.execute(begin)
+            except sqlite3.OperationalError as error:
+                raise StoreError(f"state database {self.path} is busy or locked ({error})") from None
+            except sqlite3.Error as error:
+                raise StoreError(f"state database {self.path} is unusable ({error})") from None
+            try:
+                yield StoreTx(connection)
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            try:
+                connection.execute("COMMIT")
+            except sqlite3.Error as error:
+                raise StoreError(f"cannot write state database {self.path}: {error}") from None
+        finally:
+            connection.close()
+
+    def read(self) -> AbstractContextManager[StoreTx]:
+        """A read transaction (``with store.read() as tx``)."""
+        return self._transaction("BEGIN")
+
+    def exclusive(self) -> AbstractContextManager[StoreTx]:
+        """The one write path: ``BEGIN IMMEDIATE``, one writer machine-wide at a time."""
+        return self._transaction("BEGIN IMMEDIATE")
