@@ -161,27 +161,13 @@ def load(ctx: click.Context, model: str, gpus: str | None) -> None:
     """Load MODEL onto idle GPUs (re-checked right before the load)."""
     controller = _controller(ctx)
     try:
-        selection: object = gpus if gpus is not None else _default_selection(controller, model)
+        selection: object = gpus if gpus is not None else controller.default_selection(model)
         view = controller.load(model, selection, requested_by=current_user())
     except ControllerError as error:
         _fail(ctx, error)
         return
     where = ",".join(map(str, view.gpu_indexes)) if view.gpu_indexes else "cpu"
     click.echo(f"loaded {view.name} on GPU {where} (pid {view.pid}, {view.state}); log: {view.log_path}")
-
-
-def _default_selection(controller: Controller, model: str) -> object:
-    spec = controller.model_spec(model)
-    document = controller.status(refresh=True)
-    if document.cpu_mode or spec.default_gpus == 0:
-        return "cpu"
-    idle = [gpu.index for gpu in document.gpus if gpu.loadable]
-    if len(idle) < spec.default_gpus:
-        from gpuwarden.controller import LoadRefused
-
-        raise LoadRefused(f"model {model} wants {spec.default_gpus} GPU(s); idle now: "
-                          f"{', '.join(map(str, idle)) or 'none'}. Name them with --gpus")
-    return idle[: spec.default_gpus]
 
 
 @cli.command()

@@ -229,17 +229,33 @@ class Controller:
                 self._probe.wait_for(lambda: not self._probe_in_flight)
             self._probe_in_flight = True
         snapshot: Snapshot | None = None
+        changed = False
         try:
             snapshot = self.source.snapshot()
         finally:
             with self._probe:
                 if snapshot is not None:
+                    changed = self._latest is not None and _signature(self._latest) != _signature(snapshot)
                     self._latest = snapshot
                 self.probe_runs += 1
                 self._probe_generation += 1
                 self._probe_in_flight = False
                 self._probe.notify_all()
+        if changed:
+            self._changed()  # other dashboards learn of it without waiting for their own poll
         return snapshot
+
+    def default_selection(self, name: str) -> object:
+        """The first idle GPUs, as many as the model wants by default (or 'cpu' in CPU mode)."""
+        spec = self.model_spec(name)
+        document = self.status(refresh=True)
+        if document.cpu_mode or spec.default_gpus == 0:
+            return CPU_SELECTION
+        idle = [gpu.index for gpu in document.gpus if gpu.loadable]
+        if len(idle) < spec.default_gpus:
+            raise LoadRefused(f"model {name} wants {spec.default_gpus} GPU(s); idle now: "
+                              f"{', '.join(map(str, idle)) or 'none'}; choose GPUs explicitly")
+        return idle[: spec.default_gpus]
 
     def _placement_views(self, records: Sequence[PlacementRecord]) -> list[PlacementView]:
         return [
@@ -339,9 +355,9 @@ class Controller:
             if gpu.state is GpuState.MODEL_LOADED:
                 problems.append(f"GPU {index} holds model {gpu.model_name}")
             elif gpu.state is GpuState.OCCUPIED_BY_OTHERS:
-                problems.append(f"GPU {index} became occupied by someone else ({gpu.reason.split(': ', 1)[-1]})")
+                problems.append(f"GPU {index} is {gpu.reason}")
             else:
-                problems.append(f"GPU {index} is unavailable ({gpu.reason})")
+                problems.append(f"GPU {index} is unavailable: {gpu.reason}")
         if problems:
             raise LoadRefused("refused: " + "; ".join(problems))
         return tuple(gpu.uuid for gpu in (document.gpu(i) for i in indexes) if gpu is not None)
@@ -475,6 +491,11 @@ class Controller:
                     self.unload(view.name)
                 except ControllerError:
                     pass
+
+
+def _signature(snapshot: Snapshot) -> tuple[object, ...]:
+    """What a dashboard shows of a snapshot (not its time): a change here is worth a push."""
+    return (snapshot.error, snapshot.gpus, snapshot.processes, snapshot.unassigned_processes)
 
 
 def current_user() -> str | None:

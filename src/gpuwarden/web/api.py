@@ -1,0 +1,78 @@
+"""REST API (OpenAPI docs at ``/docs``). Routes are plain ``def``: the controller blocks (nvidia-smi,
+stopping a process tree), so FastAPI runs them in its thread pool."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from gpuwarden.controller import Controller
+
+router = APIRouter(prefix="/api", tags=["api"])
+
+
+def get_controller(request: Request) -> Controller:
+    controller: Controller = request.app.state.controller
+    return controller
+
+
+ControllerDep = Annotated[Controller, Depends(get_controller)]
+
+
+class LoadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    gpus: str | list[int | str] | None = Field(
+        default=None, description="'1', '0,1', [0, 1] or 'cpu'; default: the model's default number of idle GPUs.")
+    requested_by: str | None = Field(default=None, max_length=100, description="Who asks (shown to others).")
+
+
+class SettingsUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    memory_threshold_mib: int | None = Field(default=None, ge=0, le=10_000_000)
+    refresh_interval_seconds: int | None = Field(default=None, ge=1, le=86_400)
+
+
+def requester(request: Request, given: str | None) -> str:
+    client = request.client.host if request.client else "unknown"
+    return f"{given.strip()} ({client})" if given and given.strip() else client
+
+
+@router.get("/gpus", summary="The GPU status document")
+def gpus(controller: ControllerDep, refresh: bool = False) -> dict[str, Any]:
+    """The status from the latest refresh; ``?refresh=true`` probes now (concurrent callers share one run)."""
+    return controller.status(refresh=refresh).to_dict()
+
+
+@router.get("/models", summary="Every configured model with its state")
+def models(controller: ControllerDep) -> list[dict[str, Any]]:
+    return [view.to_dict() for view in controller.models()]
+
+
+@router.post("/models/{name}/load", summary="Load a model onto idle GPUs",
+             responses={404: {"description": "unknown model"}, 409: {"description": "refused: GPU busy"},
+                        422: {"description": "bad selection"}})
+def load(name: str, body: LoadRequest, request: Request, controller: ControllerDep) -> dict[str, Any]:
+    selection: object = body.gpus if body.gpus is not None else controller.default_selection(name)
+    view = controller.load(name, selection, requested_by=requester(request, body.requested_by))
+    return view.to_dict()
+
+
+@router.post("/models/{name}/unload", summary="Unload a model and free its GPUs",
+             responses={404: {"description": "unknown model"}, 409: {"description": "not loaded"}})
+def unload(name: str, controller: ControllerDep) -> dict[str, Any]:
+    return controller.unload(name).to_dict()
+
+
+@router.get("/settings", summary="Runtime settings")
+def get_settings(controller: ControllerDep) -> dict[str, int]:
+    return controller.runtime_settings()
+
+
+@router.put("/settings", summary="Change and persist the threshold and refresh interval")
+def put_settings(body: SettingsUpdate, controller: ControllerDep) -> dict[str, int]:
+    values = {key: value for key, value in body.model_dump().items() if value is not None}
+    return controller.update_settings(values)

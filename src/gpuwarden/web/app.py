@@ -1,0 +1,86 @@
+"""``create_app(controller)``: the FastAPI application, built by a factory (no import-time globals).
+
+A monitor thread runs beside the server: every second it reconciles the models (crashes, health
+checks, changes made by the CLI), and every ``refresh_interval_seconds`` it refreshes GPU status.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from gpuwarden import __version__
+from gpuwarden.controller import Controller, ControllerError
+from gpuwarden.web import api, pages
+
+MONITOR_INTERVAL_SECONDS = 1.0
+
+
+class Monitor:
+    """Background supervision for the server process."""
+
+    def __init__(self, controller: Controller, interval_seconds: float = MONITOR_INTERVAL_SECONDS) -> None:
+        self.controller = controller
+        self.interval_seconds = interval_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gpuwarden-monitor", daemon=True)
+        self._last_refresh = 0.0
+
+    def start(self) -> None:
+        self.controller.reconcile(at_startup=True)
+        self.controller.snapshot(refresh=True)
+        self._last_refresh = time.monotonic()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_seconds):
+            try:
+                self.controller.reconcile()
+                if time.monotonic() - self._last_refresh >= self.controller.refresh_interval_seconds:
+                    self._last_refresh = time.monotonic()
+                    self.controller.snapshot(refresh=True)
+            except Exception as error:  # noqa: BLE001 - the monitor must outlive any one failure
+                print(f"gpuwarden: monitor: {error!r}", flush=True)
+
+
+def create_app(controller: Controller, *, monitor: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        watcher = Monitor(controller) if monitor else None
+        if watcher is not None:
+            watcher.start()
+        try:
+            yield
+        finally:
+            if watcher is not None:
+                watcher.stop()
+            if controller.settings.stop_models_on_exit:
+                controller.stop_all()
+
+    app = FastAPI(
+        title="gpuwarden",
+        version=__version__,
+        description="Load models only onto GPUs nobody else is using.",
+        lifespan=lifespan,
+    )
+    app.state.controller = controller
+
+    @app.exception_handler(ControllerError)
+    async def controller_error(request: Request, error: ControllerError) -> JSONResponse:
+        return JSONResponse(status_code=error.status_code, content={"detail": str(error)})
+
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
+    return app

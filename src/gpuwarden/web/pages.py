@@ -1,0 +1,160 @@
+"""Dashboard routes: the full page and its HTMX fragments (the same ``_content.html`` partial serves
+both), the actions behind the buttons, and the server-sent events that keep other dashboards live.
+
+Actions answer 200 with the re-rendered content (a refusal shows next to its model), so HTMX swaps
+it in; the REST API gives the proper 409/404/422 codes. Actions require the ``HX-Request`` header:
+a cross-site form cannot set it, so another web page cannot load or unload models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi.responses import FileResponse, HTMLResponse, Response, StreamingResponse
+from fastapi.templating import Jinja2Templates
+
+from gpuwarden.controller import Controller, ControllerError, ModelView, StateUnavailable
+from gpuwarden.web import views
+from gpuwarden.web.api import get_controller, requester
+from gpuwarden.web.assets import AssetMissing, vendor_file
+
+router = APIRouter(include_in_schema=False)
+templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+templates.env.globals["interval_label"] = views.interval_label
+templates.env.globals["duration_label"] = views.duration_label
+templates.env.globals["buttons_for"] = views.buttons_for
+
+ControllerDep = Annotated[Controller, Depends(get_controller)]
+SSE_POLL_SECONDS = 0.25
+SSE_KEEPALIVE_SECONDS = 15.0
+
+
+def require_htmx(request: Request) -> None:
+    if request.headers.get("HX-Request") != "true":
+        raise HTTPException(status_code=400, detail="dashboard actions are HTMX requests (HX-Request header)")
+
+
+def content_context(controller: Controller, *, refresh: bool, flash: dict[str, str] | None = None,
+                    settings_flash: str | None = None) -> dict[str, Any]:
+    status = controller.status(refresh=refresh)
+    models: list[ModelView] = []
+    state_error = None
+    try:
+        models = controller.models()
+    except StateUnavailable as error:
+        state_error = str(error)
+    return {
+        "status": status,
+        "models": models,
+        "state_error": state_error,
+        "flash": flash or {},
+        "settings_flash": settings_flash,
+        "interval": controller.refresh_interval_seconds,
+        "threshold": controller.memory_threshold_mib,
+        "version": controller.version,
+        "starting": any(m.state in ("starting", "stopping") for m in models),
+    }
+
+
+def render(request: Request, template: str, context: dict[str, Any]) -> HTMLResponse:
+    return templates.TemplateResponse(request, template, context)
+
+
+@router.get("/", response_class=HTMLResponse)
+@router.get("/dashboard", response_class=HTMLResponse)
+def dashboard(request: Request, controller: ControllerDep) -> HTMLResponse:
+    return render(request, "dashboard.html", content_context(controller, refresh=False))
+
+
+@router.get("/dashboard/refresh", response_class=HTMLResponse)
+def refresh(request: Request, controller: ControllerDep, probe: bool = True) -> HTMLResponse:
+    """The dashboard content. ``probe=false`` re-renders from the latest snapshot (after a push)."""
+    return render(request, "_content.html", content_context(controller, refresh=probe))
+
+
+@router.post("/dashboard/models/{name}/load", response_class=HTMLResponse, dependencies=[Depends(require_htmx)])
+def load(request: Request, name: str, controller: ControllerDep,
+         gpus: Annotated[list[str] | None, Form()] = None) -> HTMLResponse:
+    flash: dict[str, str] = {}
+    try:
+        selection: object = gpus if gpus else controller.default_selection(name)
+        if isinstance(selection, list) and len(selection) == 1 and isinstance(selection[0], str):
+            selection = selection[0]
+        controller.load(name, selection, requested_by=requester(request, None))
+    except ControllerError as error:
+        flash[name] = str(error)
+    return render(request, "_content.html", content_context(controller, refresh=False, flash=flash))
+
+
+@router.post("/dashboard/models/{name}/unload", response_class=HTMLResponse, dependencies=[Depends(require_htmx)])
+def unload(request: Request, name: str, controller: ControllerDep) -> HTMLResponse:
+    flash: dict[str, str] = {}
+    try:
+        controller.unload(name)
+    except ControllerError as error:
+        flash[name] = str(error)
+    return render(request, "_content.html", content_context(controller, refresh=False, flash=flash))
+
+
+@router.post("/dashboard/settings", response_class=HTMLResponse, dependencies=[Depends(require_htmx)])
+def save_settings(request: Request, controller: ControllerDep,
+                  memory_threshold_mib: Annotated[str, Form()] = "",
+                  refresh_interval_seconds: Annotated[str, Form()] = "") -> HTMLResponse:
+    problems = []
+    values: dict[str, int] = {}
+    for key, raw, low, high in (("memory_threshold_mib", memory_threshold_mib, 0, 10_000_000),
+                                ("refresh_interval_seconds", refresh_interval_seconds, 1, 86_400)):
+        text = raw.strip()
+        if not text:
+            continue
+        if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
+            problems.append(f"{key} must be a whole number from {low} to {high}")
+            continue
+        values[key] = int(text)
+    message = "; ".join(problems) if problems else None
+    if values and not problems:
+        try:
+            controller.update_settings(values)
+            controller.snapshot(refresh=True)
+            message = "saved"
+        except ControllerError as error:
+            message = str(error)
+    return render(request, "_content.html", content_context(controller, refresh=False, settings_flash=message))
+
+
+@router.get("/events")
+async def events(request: Request, controller: ControllerDep) -> StreamingResponse:
+    """Server-sent events: ``update`` whenever a model or a GPU changes (load, unload, crash, refresh)."""
+
+    async def stream() -> AsyncIterator[str]:
+        seen = controller.version
+        yield "retry: 2000\n\n"
+        idle = 0.0
+        while not await request.is_disconnected():
+            if controller.version != seen:
+                seen = controller.version
+                idle = 0.0
+                yield f"event: update\ndata: {seen}\n\n"
+            elif idle >= SSE_KEEPALIVE_SECONDS:
+                idle = 0.0
+                yield ": keepalive\n\n"
+            await asyncio.sleep(SSE_POLL_SECONDS)
+            idle += SSE_POLL_SECONDS
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.get("/vendor/{name}")
+def vendor(name: str) -> Response:
+    try:
+        return FileResponse(vendor_file(name), media_type="text/javascript",
+                            headers={"Cache-Control": "public, max-age=86400"})
+    except KeyError:
+        raise HTTPException(status_code=404, detail="no such file") from None
+    except AssetMissing as error:
+        raise HTTPException(status_code=500, detail=str(error)) from None

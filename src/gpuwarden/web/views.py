@@ -1,0 +1,87 @@
+"""Pure view-models for the dashboard: what each GPU button says, whether it is enabled, and why.
+
+Kept out of the templates so the rules (seed §5, §6) are plain, tested Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gpuwarden.classify import GpuStatus, StatusDocument
+from gpuwarden.controller import ModelView
+from gpuwarden.model import GpuState
+
+BOLT = "\u26a1"
+
+
+@dataclass(frozen=True)
+class GpuButton:
+    label: str
+    gpu: str  # "0", "1", ... or "cpu"
+    action: str  # "load" | "unload" | "none"
+    disabled: bool
+    title: str  # tooltip: what a click does, or why it is disabled
+    css: str  # idle | mine | other-model | occupied | unavailable | busy-model
+
+
+def _model_names(gpu: GpuStatus) -> list[str]:
+    return [name.strip() for name in (gpu.model_name or "").split(",") if name.strip()]
+
+
+def gpu_button(model: ModelView, gpu: GpuStatus) -> GpuButton:
+    index = str(gpu.index)
+    names = _model_names(gpu)
+    if gpu.state is GpuState.MODEL_LOADED and model.name in names and gpu.index in model.gpu_indexes:
+        return GpuButton(f"{BOLT} GPU {index} ({model.name})", index, "unload", False,
+                         f"{model.name} runs on GPU {index} ({model.state}): click to unload it", "mine")
+    if gpu.state is GpuState.MODEL_LOADED:
+        other = gpu.model_name or "another model"
+        return GpuButton(f"{BOLT} GPU {index} ({other})", index, "none", True,
+                         f"GPU {index} runs {other}: unload it first", "other-model")
+    if gpu.state is GpuState.OCCUPIED_BY_OTHERS:
+        return GpuButton(f"GPU {index} (Occupied)", index, "none", True, gpu.reason, "occupied")
+    if gpu.state is GpuState.UNAVAILABLE:
+        return GpuButton(f"GPU {index} (Unavailable)", index, "none", True, gpu.reason, "unavailable")
+    if model.loaded:
+        where = ",".join(map(str, model.gpu_indexes)) or "CPU"
+        return GpuButton(f"GPU {index}", index, "none", True,
+                         f"{model.name} is already loaded on GPU {where}: unload it first", "busy-model")
+    return GpuButton(f"GPU {index}", index, "load", False, f"Load {model.name} on GPU {index}", "idle")
+
+
+def cpu_button(model: ModelView) -> GpuButton:
+    if model.on_cpu:
+        return GpuButton(f"{BOLT} CPU ({model.name})", "cpu", "unload", False,
+                         f"{model.name} runs on the CPU ({model.state}): click to unload it", "mine")
+    if model.loaded:
+        return GpuButton("CPU", "cpu", "none", True, f"{model.name} is already loaded: unload it first", "busy-model")
+    return GpuButton("CPU", "cpu", "load", False, f"Load {model.name} on the CPU", "idle")
+
+
+def buttons_for(model: ModelView, status: StatusDocument) -> list[GpuButton]:
+    """One button per detected GPU (GPU 0 .. GPU N-1), or one CPU button in CPU mode."""
+    if status.cpu_mode:
+        return [cpu_button(model)]
+    return [gpu_button(model, gpu) for gpu in status.gpus]
+
+
+def interval_label(seconds: int) -> str:
+    """300 -> '5m', 90 -> '90s', 3600 -> '1h'."""
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600}h"
+    if seconds % 60 == 0:
+        return f"{seconds // 60}m"
+    return f"{seconds}s"
+
+
+def duration_label(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    total = int(seconds)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"

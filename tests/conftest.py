@@ -1,0 +1,112 @@
+"""Shared test fixtures: recorded outputs, a fake nvidia-smi on PATH, fake models, settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from gpuwarden.config import Settings, load_settings
+
+TESTS = Path(__file__).parent
+FIXTURES = TESTS / "fixtures" / "nvidia-smi"
+PUBLIC = FIXTURES / "public"
+H200 = FIXTURES / "h200-driver-580"
+FAKES = TESTS / "fakes"
+FAKE_MODEL = FAKES / "fake_model.py"
+REPO = TESTS.parent
+
+
+def model_command(*extra: str) -> list[str]:
+    return [sys.executable, str(FAKE_MODEL), *extra]
+
+
+class FakeSmi:
+    """Controls the fake nvidia-smi placed first on PATH."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        (directory / "procs").mkdir(parents=True, exist_ok=True)
+        self.bin = directory / "bin"
+        self.bin.mkdir()
+        script = self.bin / "nvidia-smi"
+        script.write_text(f"#!{sys.executable}\n" + (FAKES / "fake_nvidia_smi.py").read_text())
+        script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        self.set_gpus(2)
+        self._foreign: list[subprocess.Popen[bytes]] = []
+
+    def set_gpus(self, count: int, base_used: int = 1, total: int = 24564) -> None:
+        (self.dir / "gpus.json").write_text(json.dumps(
+            [{"base_used": base_used, "total": total, "name": "Fake GPU"} for _ in range(count)]))
+
+    def set_mode(self, mode: str) -> None:
+        (self.dir / "mode").write_text(mode)
+
+    def set_delay(self, seconds: float) -> None:
+        (self.dir / "delay").write_text(str(seconds))
+
+    @property
+    def calls(self) -> int:
+        path = self.dir / "calls"
+        return len(path.read_text().splitlines()) if path.exists() else 0
+
+    def add_foreign(self, gpus: str, mib: int = 400, name: str = "python3") -> subprocess.Popen[bytes]:
+        """Start a foreign process that shows on ``gpus``; waits until it has registered."""
+        process = subprocess.Popen([*model_command("--gpus", gpus, "--mib", str(mib), "--name", name)],
+                                   stdout=subprocess.DEVNULL, env={**os.environ})
+        self._foreign.append(process)
+        marker = self.dir / "procs" / f"{process.pid}.json"
+        for _ in range(200):
+            if marker.exists():
+                break
+            import time
+
+            time.sleep(0.02)
+        return process
+
+    def registered_pids(self) -> list[int]:
+        return [int(p.stem) for p in (self.dir / "procs").glob("*.json")]
+
+    def cleanup(self) -> None:
+        for process in self._foreign:
+            process.kill()
+            process.wait(5)
+        for pid in self.registered_pids():
+            try:
+                psutil.Process(pid).kill()
+            except psutil.Error:
+                pass
+
+
+@pytest.fixture
+def fake_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSmi]:
+    fake = FakeSmi(tmp_path / "fake-smi")
+    monkeypatch.setenv("PATH", str(fake.bin) + os.pathsep + os.environ.get("PATH", ""))
+    monkeypatch.setenv("FAKE_SMI_DIR", str(fake.dir))
+    for key in list(os.environ):
+        if key.startswith("GPUWARDEN_"):
+            monkeypatch.delenv(key)
+    yield fake
+    fake.cleanup()
+
+
+def make_settings(state_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"state_dir": state_dir}
+    values.update(overrides)
+    return load_settings(None, environ={}, overrides=values)
+
+
+FAKE_MODELS: list[dict[str, Any]] = [
+    {"name": "alpha", "command": model_command("--mib", "600"), "startup_grace_seconds": 0.3},
+    {"name": "beta", "command": model_command("--mib", "700"), "startup_grace_seconds": 0.3},
+    {"name": "gamma", "command": model_command("--mib", "300", "--child"), "default_gpus": 2,
+     "startup_grace_seconds": 0.3},
+]

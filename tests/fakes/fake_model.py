@@ -1,0 +1,56 @@
+"""A fake model for tests: registers itself with the fake nvidia-smi on the GPUs of its
+CUDA_VISIBLE_DEVICES (as a CUDA process would appear), then runs until stopped.
+
+Options: --mib N (memory it "uses"), --exit-after S --exit-code C, --ignore-term (must be killed),
+--child (spawn a grandchild that also registers, to test whole-tree stops), --name NAME.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def register(name: str, mib: int, gpus: list[int]) -> None:
+    procs = Path(os.environ["FAKE_SMI_DIR"]) / "procs"
+    procs.mkdir(parents=True, exist_ok=True)
+    path = procs / f"{os.getpid()}.json"
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"pid": os.getpid(), "name": name, "mib": mib, "gpus": gpus}))
+    os.replace(temporary, path)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mib", type=int, default=500)
+    parser.add_argument("--exit-after", type=float, default=None)
+    parser.add_argument("--exit-code", type=int, default=0)
+    parser.add_argument("--ignore-term", action="store_true")
+    parser.add_argument("--child", action="store_true")
+    parser.add_argument("--gpus", default=None, help="register on these GPUs instead of CUDA_VISIBLE_DEVICES")
+    parser.add_argument("--name", default="python3")
+    options = parser.parse_args()
+    visible = options.gpus if options.gpus is not None else os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    gpus = [int(part) for part in visible.split(",") if part.strip()]
+    if options.ignore_term:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    register(options.name, options.mib, gpus)
+    print(f"fake model pid {os.getpid()} on GPUs {gpus}", flush=True)
+    if options.child:
+        subprocess.Popen([sys.executable, __file__, "--mib", "100", "--gpus", visible])
+    started = time.monotonic()
+    while True:
+        time.sleep(0.05)
+        if options.exit_after is not None and time.monotonic() - started >= options.exit_after:
+            print("fake model exiting", flush=True)
+            return options.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
