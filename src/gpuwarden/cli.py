@@ -206,7 +206,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, demo: bool) ->
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (testable in process)."""
     try:
-        cli.main(args=argv, prog_name="gpuwarden", standalone_mode=False)
+        result = cli.main(args=argv, prog_name="gpuwarden", standalone_mode=False)
     except click.exceptions.Exit as exit_:
         return int(exit_.exit_code)
     except click.ClickException as error:
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     except click.exceptions.Abort:
         return EXIT_FAILED
-    return 0
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,83 @@
+"""Settings: TOML + GPUWARDEN_* environment, errors that name the key, every setting documented."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from gpuwarden.config import ConfigError, ModelConfig, Settings, documented_settings, load_settings
+from tests.conftest import REPO
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults(tmp_path: Path) -> None:
+    settings = load_settings(environ={"XDG_CONFIG_HOME": str(tmp_path)})
+    assert (settings.memory_threshold_mib, settings.refresh_interval_seconds) == (30, 300)
+    assert settings.models == () and not settings.mock_enabled and settings.stop_models_on_exit is False
+
+
+def test_file_then_environment_then_overrides(tmp_path: Path) -> None:
+    config = write(tmp_path / "g.toml", 'memory_threshold_mib = 50\nrefresh_interval_seconds = 60\n'
+                   '[[models]]\nname = "m"\ncommand = ["prog", "--port", "{port}"]\n')
+    settings = load_settings(config, environ={"GPUWARDEN_REFRESH_INTERVAL_SECONDS": "120"},
+                             overrides={"port": 9000})
+    assert (settings.memory_threshold_mib, settings.refresh_interval_seconds, settings.port) == (50, 120, 9000)
+    assert settings.models[0].command == ("prog", "--port", "{port}")
+
+
+def test_config_from_environment_variable(tmp_path: Path) -> None:
+    config = write(tmp_path / "g.toml", "memory_threshold_mib = 77\n")
+    assert load_settings(environ={"GPUWARDEN_CONFIG": str(config)}).memory_threshold_mib == 77
+
+
+@pytest.mark.parametrize(("text", "env", "message"), [
+    ("memory_threshold_mib = -1\n", {}, "'memory_threshold_mib'"),
+    ('memory_threshold_mib = "lots"\n', {}, "'memory_threshold_mib'"),
+    ("refresh_interval_seconds = 0\n", {}, "'refresh_interval_seconds'"),
+    ("colour = 1\n", {}, "unknown setting 'colour'"),
+    ("", {"GPUWARDEN_PORT": "http"}, "GPUWARDEN_PORT"),
+    ("", {"GPUWARDEN_THRESHOLD": "3"}, "GPUWARDEN_THRESHOLD"),
+    ('[[models]]\nname = "a b"\ncommand = ["x"]\n', {}, "'models.0.name'"),
+    ('[[models]]\nname = "a"\ncommand = []\n', {}, "'models.0.command'"),
+    ('[[models]]\nname = "a"\ncommand = "rm -rf /"\n', {}, "'models.0.command'"),
+    ('[[models]]\nname = "a"\ncommand = ["x"]\n[[models]]\nname = "a"\ncommand = ["y"]\n', {}, "duplicate name a"),
+    ("memory_threshold_mib = \n", {}, "not valid TOML"),
+])
+def test_bad_values_name_the_key(tmp_path: Path, text: str, env: dict[str, str], message: str) -> None:
+    config = write(tmp_path / "g.toml", text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_settings(config, environ=env)
+
+
+def test_missing_named_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml", environ={})
+
+
+def test_example_file_is_valid_and_covers_every_setting() -> None:
+    example = REPO / "gpuwarden.example.toml"
+    settings = load_settings(example, environ={})
+    assert [m.name for m in settings.models] == ["llama-7b", "qwen-14b"]
+    text = example.read_text()
+    for name in Settings.model_fields:
+        if name != "models":
+            assert re.search(rf"^#? ?{name} =", text, re.MULTILINE), f"{name} missing from gpuwarden.example.toml"
+    for name in ModelConfig.model_fields:
+        assert re.search(rf"^#? ?{name} =", text, re.MULTILINE), f"models.{name} missing from the example"
+    assert tomllib.loads(text)
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    readme = (REPO / "README.md").read_text()
+    for name, description in documented_settings().items():
+        assert f"`{name}`" in readme, f"setting {name} is not documented in README.md"
+        assert description, f"setting {name} has no description"
+    for name in ModelConfig.model_fields:
+        assert f"`{name}`" in readme, f"model setting {name} is not documented in README.md"
