@@ -110,3 +110,24 @@ FAKE_MODELS: list[dict[str, Any]] = [
     {"name": "gamma", "command": model_command("--mib", "300", "--child"), "default_gpus": 2,
      "startup_grace_seconds": 0.3},
 ]
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_processes(tmp_path: Path) -> Iterator[None]:
+    """Whatever a test started under its tmp_path (models, their launchers) ends with the test."""
+    yield
+    marker = str(tmp_path)
+    leftovers = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if any(marker in part for part in process.info["cmdline"] or []):
+                leftovers.append(process)
+        except psutil.Error:
+            continue
+    for process in leftovers:
+        for member in [*process.children(recursive=True), process]:
+            try:
+                member.kill()
+            except psutil.Error:
+                pass
+    psutil.wait_procs(leftovers, timeout=5)

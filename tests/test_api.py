@@ -1,0 +1,151 @@
+"""REST API and dashboard endpoints, in process (httpx over the ASGI app)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gpuwarden.controller import Controller, build_controller
+from gpuwarden.web.app import create_app
+from tests.conftest import FAKE_MODELS, FakeSmi, make_settings
+
+HX = {"HX-Request": "true"}
+
+
+def make_controller(tmp_path: Path, **overrides: Any) -> Controller:
+    return build_controller(make_settings(tmp_path / "state", models=FAKE_MODELS, unload_timeout_seconds=3,
+                                          **overrides))
+
+
+@pytest.fixture
+async def client(fake_smi: FakeSmi, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(make_controller(tmp_path), monitor=False)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver",
+                                 timeout=60) as http:
+        yield http
+
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def test_gpus_document(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/gpus")
+    assert response.status_code == 200
+    document = response.json()
+    assert document["total_gpus"] == 2 and [g["state"] for g in document["gpu_status"]] == ["idle", "idle"]
+
+
+async def test_concurrent_refreshes_share_nvidia_smi_runs(client: httpx.AsyncClient, fake_smi: FakeSmi) -> None:
+    await client.get("/api/gpus")
+    before = fake_smi.calls
+    fake_smi.set_delay(0.8)
+    responses = await asyncio.gather(*(client.get("/api/gpus", params={"refresh": "true"}) for _ in range(20)))
+    assert all(r.status_code == 200 for r in responses)
+    assert 1 <= fake_smi.calls - before <= 2
+    before = fake_smi.calls
+    await asyncio.gather(*(client.get("/api/gpus") for _ in range(30)))  # cached: no run at all
+    assert fake_smi.calls == before
+
+
+async def test_load_unload_and_error_codes(client: httpx.AsyncClient, fake_smi: FakeSmi) -> None:
+    loaded = await client.post("/api/models/alpha/load", json={"gpus": "0", "requested_by": "alice"})
+    assert loaded.status_code == 200, loaded.text
+    body = loaded.json()
+    assert body["name"] == "alpha" and body["gpus"] == [0] and body["state"] == "starting"
+    assert body["requested_by"].startswith("alice")
+    gpus = (await client.get("/api/gpus")).json()["gpu_status"]
+    assert (gpus[0]["state"], gpus[0]["model_name"]) == ("model_loaded", "alpha")
+
+    conflict = await client.post("/api/models/beta/load", json={"gpus": [0, 1]})
+    assert conflict.status_code == 409 and "GPU 0 holds model alpha" in conflict.json()["detail"]
+
+    foreign = fake_smi.add_foreign("1", mib=500, name="train.py")
+    occupied = await client.post("/api/models/beta/load", json={"gpus": "1"})
+    assert occupied.status_code == 409
+    assert f"PID {foreign.pid}" in occupied.json()["detail"] and "train.py" in occupied.json()["detail"]
+
+    assert (await client.post("/api/models/nope/load", json={"gpus": "0"})).status_code == 404
+    for bad in ({"gpus": "0,0"}, {"gpus": "x"}, {"gpus": ""}, {"gpus": "7"}, {"gpus": {"a": 1}}, {"rm": 1}):
+        response = await client.post("/api/models/beta/load", json=bad)
+        assert response.status_code == 422, (bad, response.text)
+    assert (await client.post("/api/models/beta/load", content=b"{not json",
+                              headers={"Content-Type": "application/json"})).status_code == 422
+
+    models = {m["name"]: m for m in (await client.get("/api/models")).json()}
+    assert models["alpha"]["state"] in ("starting", "running") and models["beta"]["state"] == "not_loaded"
+    assert models["alpha"]["pid"] and models["alpha"]["started_at"]
+
+    unloaded = await client.post("/api/models/alpha/unload")
+    assert unloaded.status_code == 200 and unloaded.json()["state"] == "stopped"
+    assert (await client.post("/api/models/alpha/unload")).status_code == 409
+    assert (await client.post("/api/models/nope/unload")).status_code == 404
+    gpus = (await client.get("/api/gpus")).json()["gpu_status"]
+    assert gpus[0]["state"] == "idle"
+
+
+async def test_settings_are_validated_and_persisted(client: httpx.AsyncClient, fake_smi: FakeSmi,
+                                                    tmp_path: Path) -> None:
+    assert (await client.get("/api/settings")).json() == {"memory_threshold_mib": 30, "refresh_interval_seconds": 300}
+    fake_smi.set_gpus(2, base_used=100)
+    assert (await client.get("/api/gpus", params={"refresh": "true"})).json()["gpu_status"][0]["state"] == (
+        "occupied_by_others")
+    changed = await client.put("/api/settings", json={"memory_threshold_mib": 200, "refresh_interval_seconds": 60})
+    assert changed.json() == {"memory_threshold_mib": 200, "refresh_interval_seconds": 60}
+    assert (await client.get("/api/gpus")).json()["gpu_status"][0]["state"] == "idle"
+    for bad in ({"memory_threshold_mib": -1}, {"refresh_interval_seconds": 0}, {"other": 1},
+                {"memory_threshold_mib": "x"}):
+        assert (await client.put("/api/settings", json=bad)).status_code == 422
+    fragment = (await client.get("/dashboard/refresh")).text
+    assert 'hx-trigger="every 60s"' in fragment and "Auto-refresh: Active (1m)" in fragment
+    restarted = make_controller(tmp_path)  # a restart keeps them
+    assert restarted.runtime_settings() == {"memory_threshold_mib": 200, "refresh_interval_seconds": 60}
+
+
+async def test_dashboard_page_and_fragments(client: httpx.AsyncClient) -> None:
+    page = await client.get("/")
+    assert page.status_code == 200
+    text = page.text
+    assert "Total GPUs: 2" in text and "Auto-refresh: Active (5m)" in text
+    assert 'hx-get="/dashboard/refresh"' in text and 'hx-trigger="every 300s"' in text
+    assert text.count('class="gpu-btn') == 2 * len(FAKE_MODELS)
+    assert '<script src="/vendor/htmx.min.js">' in text and "https://" not in text
+    assert (await client.get("/dashboard")).status_code == 200
+    js = await client.get("/vendor/htmx.min.js")
+    assert js.status_code == 200 and b"htmx" in js.content[:2000]
+    assert (await client.get("/vendor/htmx-sse.min.js")).status_code == 200
+    assert (await client.get("/vendor/../../etc/passwd")).status_code == 404
+    assert (await client.get("/docs")).status_code == 200
+    assert "/api/models/{name}/load" in (await client.get("/openapi.json")).json()["paths"]
+
+
+async def test_dashboard_actions(client: httpx.AsyncClient, fake_smi: FakeSmi) -> None:
+    assert (await client.post("/dashboard/models/alpha/load", data={"gpus": "0"})).status_code == 400  # no HX
+    loaded = await client.post("/dashboard/models/alpha/load", data={"gpus": "0"}, headers=HX)
+    assert loaded.status_code == 200 and "⚡ GPU 0 (alpha)" in loaded.text
+    refused = await client.post("/dashboard/models/beta/load", data={"gpus": "0"}, headers=HX)
+    assert refused.status_code == 200 and 'class="error model-error"' in refused.text
+    assert "GPU 0 holds model alpha" in refused.text
+    several = await client.post("/dashboard/models/gamma/load", data={"gpus": ["0", "1"]}, headers=HX)
+    assert "holds model alpha" in several.text
+    unloaded = await client.post("/dashboard/models/alpha/unload", headers=HX)
+    assert unloaded.status_code == 200 and "⚡ GPU 0" not in unloaded.text
+    saved = await client.post("/dashboard/settings", data={"memory_threshold_mib": "abc",
+                                                           "refresh_interval_seconds": "10"}, headers=HX)
+    assert "memory_threshold_mib must be a whole number" in saved.text
+
+
+async def test_untrusted_process_names_are_escaped(client: httpx.AsyncClient, fake_smi: FakeSmi) -> None:
+    fake_smi.add_foreign("1", mib=500, name="<img src=x onerror=alert(1)>")
+    text = (await client.get("/dashboard/refresh")).text
+    assert "<img src=x" not in text
+    assert "&lt;img src=x onerror=alert(1)&gt;" in text
