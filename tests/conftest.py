@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -80,10 +81,8 @@ class FakeSmi:
             process.kill()
             process.wait(5)
         for pid in self.registered_pids():
-            try:
+            with contextlib.suppress(psutil.Error):
                 psutil.Process(pid).kill()
-            except psutil.Error:
-                pass
 
 
 @pytest.fixture
@@ -126,8 +125,6 @@ def _no_leftover_processes(tmp_path: Path) -> Iterator[None]:
             continue
     for process in leftovers:
         for member in [*process.children(recursive=True), process]:
-            try:
+            with contextlib.suppress(psutil.Error):
                 member.kill()
-            except psutil.Error:
-                pass
     psutil.wait_procs(leftovers, timeout=5)

@@ -54,9 +54,9 @@ def model_pids(fake_smi: FakeSmi, gpus: list[int] | None = None) -> list[int]:
     pids = []
     for path in (fake_smi.dir / "procs").glob("*.json"):
         info = json.loads(path.read_text())
-        if psutil.pid_exists(info["pid"]) and psutil.Process(info["pid"]).status() != psutil.STATUS_ZOMBIE:
-            if gpus is None or info["gpus"] == gpus:
-                pids.append(info["pid"])
+        alive = psutil.pid_exists(info["pid"]) and psutil.Process(info["pid"]).status() != psutil.STATUS_ZOMBIE
+        if alive and (gpus is None or info["gpus"] == gpus):
+            pids.append(info["pid"])
     return pids
 
 

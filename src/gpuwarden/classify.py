@@ -165,29 +165,25 @@ def classify_gpu(
     infos = tuple(_process_info(p, placements) for p in processes)
     models = [p.model_name for p in placements if gpu.index in p.gpu_indexes]
     used = gpu.memory_used_mib
-    common = {
-        "index": gpu.index, "name": gpu.name, "uuid": gpu.uuid, "bus_id": gpu.bus_id,
-        "memory_used_mib": used, "memory_total_mib": gpu.memory_total_mib, "process_info": infos,
-    }
+    model_name: str | None = None
     if models:
+        state, model_name = GpuState.MODEL_LOADED, ", ".join(models)
+        reason = f"model {model_name} loaded by gpuwarden"
         foreign = tuple(p for p in infos if p.foreign)
-        reason = f"model {', '.join(models)} loaded by gpuwarden"
         if foreign:
             reason += f"; also used by others: {_describe(foreign)}"
-        return GpuStatus(state=GpuState.MODEL_LOADED, model_name=", ".join(models), select_enabled=True,
-                         loadable=False, reason=reason, **common)  # type: ignore[arg-type]
-    if used is None:
-        return GpuStatus(state=GpuState.UNAVAILABLE, model_name=None, select_enabled=False, loadable=False,
-                         reason="memory use unreadable (GPU lost or not supported): not safe to load",
-                         **common)  # type: ignore[arg-type]
-    if used > threshold_mib:
-        return GpuStatus(state=GpuState.OCCUPIED_BY_OTHERS, model_name=None, select_enabled=False,
-                         loadable=False,
-                         reason=f"occupied by someone else: {used} MiB used > {threshold_mib} MiB; "
-                         + _describe(infos),
-                         **common)  # type: ignore[arg-type]
-    return GpuStatus(state=GpuState.IDLE, model_name=None, select_enabled=True, loadable=True,
-                     reason=f"idle: {used} MiB used <= {threshold_mib} MiB", **common)  # type: ignore[arg-type]
+    elif used is None:
+        state, reason = GpuState.UNAVAILABLE, "memory use unreadable (GPU lost or not supported): not safe to load"
+    elif used > threshold_mib:
+        state = GpuState.OCCUPIED_BY_OTHERS
+        reason = f"occupied by someone else: {used} MiB used > {threshold_mib} MiB; {_describe(infos)}"
+    else:
+        state, reason = GpuState.IDLE, f"idle: {used} MiB used <= {threshold_mib} MiB"
+    return GpuStatus(
+        index=gpu.index, name=gpu.name, uuid=gpu.uuid, bus_id=gpu.bus_id, memory_used_mib=used,
+        memory_total_mib=gpu.memory_total_mib, state=state, model_name=model_name,
+        select_enabled=state in (GpuState.IDLE, GpuState.MODEL_LOADED), loadable=state is GpuState.IDLE,
+        process_info=infos, reason=reason)
 
 
 def classify(snapshot: Snapshot, threshold_mib: int, placements: Sequence[PlacementView] = ()) -> StatusDocument:

@@ -206,9 +206,9 @@ def load_settings(
     try:
         return Settings(**merged)
     except ValidationError as error:
-        origin = {key: file_origin for key in file_values}
+        origin = dict.fromkeys(file_values, file_origin)
         origin.update({key: f"environment variable {ENV_PREFIX}{key.upper()}" for key in env_values})
-        origin.update({key: "the command line" for key in overrides or {}})
+        origin.update(dict.fromkeys(overrides or {}, "the command line"))
         raise ConfigError(_format_validation_error(error, origin, file_origin)) from None
 
 

@@ -7,13 +7,14 @@ the same database, and every load runs inside one machine-wide exclusive transac
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from gpuwarden.model import GpuState, PlacementView, Snapshot
 from gpuwarden.probe import GpuSource, utc_now
 from gpuwarden.store import PlacementRecord, Store, StoreError
 from gpuwarden.supervisor import (
+    Launched,
     LaunchError,
     Supervisor,
     free_port,
@@ -271,8 +273,7 @@ class Controller:
                 records = tx.active_placements()
         except StoreError as error:
             document = classify(snapshot, self.memory_threshold_mib, ())
-            return StatusDocument(**{**document.__dict__,
-                                     "warnings": (*document.warnings, f"model placements unknown: {error}")})
+            return replace(document, warnings=(*document.warnings, f"model placements unknown: {error}"))
         return classify(snapshot, self.memory_threshold_mib, self._placement_views(records))
 
     # ----------------------------------------------------------------- models
@@ -362,7 +363,7 @@ class Controller:
             raise LoadRefused("refused: " + "; ".join(problems))
         return tuple(gpu.uuid for gpu in (document.gpu(i) for i in indexes) if gpu is not None)
 
-    def _launch(self, spec: ModelConfig, indexes: tuple[int, ...]) -> tuple[Any, int | None]:
+    def _launch(self, spec: ModelConfig, indexes: tuple[int, ...]) -> tuple[Launched, int | None]:
         needs_port = any("{port}" in part for part in (*spec.command, *spec.env.values(), spec.health_url or ""))
         port = free_port() if needs_port else None
         values = {"port": str(port or ""), "gpus": ",".join(map(str, indexes)), "model": spec.name,
@@ -400,7 +401,7 @@ class Controller:
         try:
             with self.store.exclusive() as tx:
                 for record in mine:
-                    exit_record = read_exit_file(exit_path_for(record.log_path)) if record.log_path else None
+                    exit_record = read_exit_file(exit_path_for(record.log_path))
                     tx.finish_placement(record.id, state="stopped", ended_at=self.clock(),
                                         exit_code=exit_record.exit_code if exit_record else None, error=None,
                                         log_tail=log_tail(Path(record.log_path) if record.log_path else None))
@@ -464,7 +465,7 @@ class Controller:
         return changed
 
     def _ending(self, record: PlacementRecord, at_startup: bool) -> tuple[PlacementRecord, str, int | None, str | None]:
-        exit_record = read_exit_file(exit_path_for(record.log_path)) if record.log_path else None
+        exit_record = read_exit_file(exit_path_for(record.log_path))
         if record.state == "stopping":
             return record, "stopped", exit_record.exit_code if exit_record else None, None
         if exit_record is not None:
@@ -487,10 +488,8 @@ class Controller:
         """Unload every loaded model (used when stop_models_on_exit is set)."""
         for view in self.models():
             if view.loaded:
-                try:
+                with contextlib.suppress(ControllerError):
                     self.unload(view.name)
-                except ControllerError:
-                    pass
 
 
 def _signature(snapshot: Snapshot) -> tuple[object, ...]:

@@ -18,7 +18,7 @@ from types import FrameType
 
 
 class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         body = json.dumps({
             "model": os.environ.get("GPUWARDEN_MODEL"),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),

@@ -6,6 +6,7 @@ since a PID from another PID namespace (a container) or a recording may name an 
 
 from __future__ import annotations
 
+import contextlib
 import ntpath
 import posixpath
 from collections.abc import Iterable
@@ -54,10 +55,8 @@ class PsutilLookup:
             process = psutil.Process(pid)
             with process.oneshot():
                 candidates = [process.name()]
-                try:
+                with contextlib.suppress(psutil.AccessDenied, psutil.ZombieProcess, OSError):
                     candidates.append(process.exe())
-                except (psutil.AccessDenied, psutil.ZombieProcess, OSError):
-                    pass
                 try:
                     cmdline = process.cmdline()
                     if cmdline:

@@ -8,8 +8,8 @@ on to the model.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -22,7 +22,7 @@ def write_exit_file(path: Path, exit_code: int | None, error: str | None) -> Non
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps({"exit_code": exit_code, "error": error, "ended_at": time.time()}),
                          encoding="utf-8")
-    os.replace(temporary, path)
+    temporary.replace(path)
 
 
 def main(argv: list[str]) -> int:
@@ -40,17 +40,13 @@ def main(argv: list[str]) -> int:
         return 127
 
     def forward(signum: int, frame: FrameType | None) -> None:
-        try:
+        with contextlib.suppress(OSError):
             child.send_signal(signum)
-        except OSError:
-            pass
 
     for name in ("SIGTERM", "SIGINT", "SIGBREAK", "SIGHUP"):
         if hasattr(signal, name):
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 signal.signal(getattr(signal, name), forward)
-            except (OSError, ValueError):
-                pass
     code = child.wait()
     print(f"gpuwarden: model process exited with code {code}", file=sys.stderr, flush=True)
     write_exit_file(exit_file, code, None)

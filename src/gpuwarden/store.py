@@ -137,7 +137,8 @@ class StoreTx:
 
     def active_placements(self) -> list[PlacementRecord]:
         rows = self._execute(
-            f"SELECT * FROM placements WHERE state IN {_ACTIVE_SQL} ORDER BY id", ACTIVE_STATES).fetchall()
+            f"SELECT * FROM placements WHERE state IN {_ACTIVE_SQL} ORDER BY id",  # noqa: S608 - constant
+            ACTIVE_STATES).fetchall()
         return [_record(row) for row in rows]
 
     def latest_placements(self) -> dict[str, PlacementRecord]:
@@ -162,14 +163,14 @@ class StoreTx:
     def finish_placement(self, placement_id: int, *, state: str, ended_at: datetime, exit_code: int | None,
                          error: str | None, log_tail: str | None) -> None:
         self._execute(
-            "UPDATE placements SET state = ?, ended_at = ?, exit_code = ?, error = ?, log_tail = ?"
+            "UPDATE placements SET state = ?, ended_at = ?, exit_code = ?, error = ?, log_tail = ?"  # noqa: S608
             f" WHERE id = ? AND state IN {_ACTIVE_SQL}",
             (state, _iso(ended_at), exit_code, error, log_tail, placement_id, *ACTIVE_STATES))
         self._bump_generation()
 
     def set_state(self, placement_id: int, state: str) -> None:
         """Move an active placement to another active state (``stopping``)."""
-        self._execute(f"UPDATE placements SET state = ? WHERE id = ? AND state IN {_ACTIVE_SQL}",
+        self._execute(f"UPDATE placements SET state = ? WHERE id = ? AND state IN {_ACTIVE_SQL}",  # noqa: S608
                       (state, placement_id, *ACTIVE_STATES))
         self._bump_generation()
 

@@ -7,6 +7,7 @@ time, so a PID the OS reused for another program is never mistaken for a model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -109,21 +110,19 @@ def stop_tree(pid: int, start_time: float | None, timeout_seconds: float) -> Non
     except (psutil.Error, OSError):
         return
     for member in members:
-        try:
+        with contextlib.suppress(psutil.Error, OSError):
             member.terminate()
-        except (psutil.Error, OSError):
-            pass
     _gone, alive = psutil.wait_procs(members, timeout=timeout_seconds)
     for member in alive:
-        try:
+        with contextlib.suppress(psutil.Error, OSError):
             member.kill()
-        except (psutil.Error, OSError):
-            pass
     psutil.wait_procs(alive, timeout=5)
 
 
-def read_exit_file(path: Path) -> ExitRecord | None:
+def read_exit_file(path: Path | None) -> ExitRecord | None:
     """The shim's record of how the model ended; the file is untrusted."""
+    if path is None:
+        return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

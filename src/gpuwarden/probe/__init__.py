@@ -64,7 +64,8 @@ class SmiSource:
             return cpu_snapshot(now, self.description, str(error))
         text = result.stdout if result.stdout.strip() else result.stderr
         if not text.strip():
-            return cpu_snapshot(now, self.description, f"nvidia-smi exited with code {result.returncode} and printed nothing")
+            reason = f"nvidia-smi exited with code {result.returncode} and printed nothing"
+            return cpu_snapshot(now, self.description, reason)
         try:
             parsed = parse_output(text)
         except NvidiaSmiParseError as error:

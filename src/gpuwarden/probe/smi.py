@@ -7,6 +7,7 @@ used/total) and every process on every GPU by index, graphics (G, C+G) ones incl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -86,10 +87,8 @@ def run_nvidia_smi(executable: Path, args: Sequence[str], timeout_seconds: float
         stdout, stderr = process.communicate(timeout=timeout_seconds)
     except subprocess.TimeoutExpired:
         process.kill()
-        try:
-            process.communicate(timeout=2)
-        except subprocess.TimeoutExpired:
-            pass  # stuck in the kernel (GPU lost): leave it, never hang the caller
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.communicate(timeout=2)  # stuck in the kernel (GPU lost): leave it, never hang the caller
         raise NvidiaSmiFailed(f"nvidia-smi did not answer within {timeout_seconds:g} s (killed)") from None
     return SmiResult(
         stdout=stdout.decode("utf-8", errors="replace"),

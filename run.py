@@ -1,0 +1,82 @@
+"""Quick start, on Windows and Linux, with nothing but Python 3.11+:
+
+    python run.py demo     # installs into .venv, starts gpuwarden on built-in demo data
+    python run.py test     # installs into .venv, runs ruff, mypy (linux and win32) and every test
+
+Extra arguments go to the command (``python run.py demo --port 9000``, ``python run.py test -k parse``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+STAMP = VENV / "gpuwarden-install.sha256"
+CHROMIUM = Path(os.environ.get("GPUWARDEN_CHROMIUM", "/usr/bin/chromium"))
+
+
+def venv_python() -> Path:
+    return VENV / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
+
+
+def run(*command: str | Path, env: dict[str, str] | None = None) -> int:
+    print("+", " ".join(str(part) for part in command), flush=True)
+    return subprocess.call([str(part) for part in command], cwd=ROOT, env=env)
+
+
+def ensure_installed() -> Path:
+    """Create .venv and install gpuwarden with its test tools, again only when pyproject.toml changes."""
+    if sys.version_info < (3, 11):
+        sys.exit(f"gpuwarden needs Python 3.11 or newer (this is {sys.version.split()[0]})")
+    python = venv_python()
+    if not python.exists():
+        print(f"creating {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if not STAMP.exists() or STAMP.read_text().strip() != wanted:
+        if run(python, "-m", "pip", "install", "--quiet", "--upgrade", "pip") != 0:
+            sys.exit("pip upgrade failed")
+        if run(python, "-m", "pip", "install", "--quiet", "-e", ".[test]") != 0:
+            sys.exit("installing gpuwarden failed (see pip's message above)")
+        STAMP.write_text(wanted)
+    return python
+
+
+def ensure_chromium() -> None:
+    """Browser tests drive Debian's chromium; install it where apt-get and root are at hand."""
+    if CHROMIUM.exists() or sys.platform != "linux":
+        return
+    apt = shutil.which("apt-get")
+    if apt and hasattr(os, "geteuid") and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        if run(apt, "update", "-qq", env=env) == 0:
+            run(apt, "install", "-y", "-qq", "chromium", env=env)
+    if not CHROMIUM.exists():
+        print(f"note: {CHROMIUM} not found: the browser tests will be skipped "
+              "(install chromium, or set GPUWARDEN_CHROMIUM to a Chromium/Chrome binary)", flush=True)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("demo", "test"):
+        print(__doc__)
+        return 2
+    python = ensure_installed()
+    if argv[0] == "demo":
+        return run(python, "-m", "gpuwarden", "serve", "--demo", *argv[1:])
+    ensure_chromium()
+    for check in (["-m", "ruff", "check", "src", "tests", "bench", "run.py"],
+                  ["-m", "mypy"], ["-m", "mypy", "--platform", "win32"]):
+        if run(python, *check) != 0:
+            return 1
+    return run(python, "-m", "pytest", *argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
