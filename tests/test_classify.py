@@ -73,3 +73,14 @@ def test_document_fields_follow_the_seed() -> None:
     assert data["checked_at"] == "2026-11-27T10:00:00Z"
     assert {"index", "name", "uuid", "memory_used_mib", "memory_total_mib", "state", "model_name",
             "select_enabled", "process_info"} <= set(data["gpu_status"][0])
+
+
+def test_memory_no_listed_process_accounts_for_is_reported() -> None:
+    own = (GpuProcess(pid=10, name="python", used_memory_mib=900, gpu_index=0),)
+    placement = PlacementView(model_name="m", gpu_indexes=(0,), own_pids=frozenset({10}))
+    gpu = classify(snapshot(5000, processes=own), 30, [placement]).gpus[0]
+    assert gpu.unattributed_memory_mib == 4100 and "4100 MiB used by no listed process" in gpu.reason
+    quiet = classify(snapshot(910, processes=own), 30, [placement]).gpus[0]
+    assert quiet.unattributed_memory_mib == 10 and "no listed process" not in quiet.reason
+    wddm = (GpuProcess(pid=10, name="python.exe", used_memory_mib=None, gpu_index=0),)
+    assert classify(snapshot(5000, processes=wddm), 30, [placement]).gpus[0].unattributed_memory_mib is None

@@ -55,6 +55,9 @@ class GpuStatus:
     loadable: bool  # a new model may be loaded here now (idle)
     process_info: tuple[ProcessInfo, ...]
     reason: str  # one sentence a person can read: why this state
+    # Memory no listed process accounts for (another container, a vGPU guest); None where a listed
+    # process's memory is N/A (Windows WDDM) or the GPU's memory is unreadable.
+    unattributed_memory_mib: int | None = None
 
     @property
     def foreign_processes(self) -> tuple[ProcessInfo, ...]:
@@ -79,6 +82,7 @@ class GpuStatus:
             "select_enabled": self.select_enabled,
             "loadable": self.loadable,
             "reason": self.reason,
+            "unattributed_memory_mib": self.unattributed_memory_mib,
             "process_info": [p.to_dict() for p in self.process_info],
         }
 
@@ -165,6 +169,7 @@ def classify_gpu(
     infos = tuple(_process_info(p, placements) for p in processes)
     models = [p.model_name for p in placements if gpu.index in p.gpu_indexes]
     used = gpu.memory_used_mib
+    unattributed = _unattributed(used, infos)
     model_name: str | None = None
     if models:
         state, model_name = GpuState.MODEL_LOADED, ", ".join(models)
@@ -172,6 +177,8 @@ def classify_gpu(
         foreign = tuple(p for p in infos if p.foreign)
         if foreign:
             reason += f"; also used by others: {_describe(foreign)}"
+        if unattributed is not None and unattributed > threshold_mib:
+            reason += f"; {unattributed} MiB used by no listed process (someone else's container?)"
     elif used is None:
         state, reason = GpuState.UNAVAILABLE, "memory use unreadable (GPU lost or not supported): not safe to load"
     elif used > threshold_mib:
@@ -183,7 +190,13 @@ def classify_gpu(
         index=gpu.index, name=gpu.name, uuid=gpu.uuid, bus_id=gpu.bus_id, memory_used_mib=used,
         memory_total_mib=gpu.memory_total_mib, state=state, model_name=model_name,
         select_enabled=state in (GpuState.IDLE, GpuState.MODEL_LOADED), loadable=state is GpuState.IDLE,
-        process_info=infos, reason=reason)
+        process_info=infos, reason=reason, unattributed_memory_mib=unattributed)
+
+
+def _unattributed(used: int | None, processes: Sequence[ProcessInfo]) -> int | None:
+    if used is None or any(p.used_memory_mib is None for p in processes):
+        return None
+    return max(0, used - sum(p.used_memory_mib or 0 for p in processes))
 
 
 def classify(snapshot: Snapshot, threshold_mib: int, placements: Sequence[PlacementView] = ()) -> StatusDocument:
