@@ -149,3 +149,13 @@ async def test_untrusted_process_names_are_escaped(client: httpx.AsyncClient, fa
     text = (await client.get("/dashboard/refresh")).text
     assert "<img src=x" not in text
     assert "&lt;img src=x onerror=alert(1)&gt;" in text
+
+
+async def test_dashboard_polls_close_together_share_one_probe(client: httpx.AsyncClient, fake_smi: FakeSmi) -> None:
+    await client.get("/dashboard/refresh")
+    before = fake_smi.calls
+    for _ in range(5):  # five dashboards whose 5-minute polls fall within a few seconds
+        assert (await client.get("/dashboard/refresh")).status_code == 200
+    assert fake_smi.calls == before
+    await client.get("/dashboard/refresh", params={"now": "true"})  # the Refresh button always probes
+    assert fake_smi.calls == before + 1

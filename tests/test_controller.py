@@ -338,3 +338,15 @@ def test_health_url_gates_running(fake_smi: FakeSmi, tmp_path: Path) -> None:
     assert "health check did not pass" in (controller.models()[1].error or "")
     assert not model_pids(fake_smi, [1])
     controller.unload("web")
+
+
+def test_model_removed_from_config_can_still_be_unloaded(fake_smi: FakeSmi, tmp_path: Path) -> None:
+    controller_for(tmp_path / "state").load("alpha", "0")
+    assert wait_for(lambda: model_pids(fake_smi, [0]))
+    reconfigured = controller_for(tmp_path / "state", [m for m in FAKE_MODELS if m["name"] != "alpha"])
+    reconfigured.reconcile(at_startup=True)
+    assert reconfigured.status(refresh=True).gpu(0).model_name == "alpha"  # type: ignore[union-attr]
+    assert reconfigured.unload("alpha").state == "stopped"
+    assert not model_pids(fake_smi)
+    with pytest.raises(UnknownModel):
+        reconfigured.unload("alpha")

@@ -165,6 +165,7 @@ class Controller:
         self._probe_in_flight = False
         self._probe_generation = 0
         self._latest: Snapshot | None = None
+        self._latest_monotonic = 0.0
         self.probe_runs = 0
         self._changes = threading.Condition()
         self.version = 0
@@ -217,11 +218,13 @@ class Controller:
 
     # ----------------------------------------------------------------- status
 
-    def snapshot(self, *, refresh: bool = False, fresh: bool = False) -> Snapshot:
-        """The latest snapshot. ``refresh``: probe now, sharing a probe already in flight.
+    def snapshot(self, *, refresh: bool = False, fresh: bool = False, max_age_seconds: float = 0.0) -> Snapshot:
+        """The latest snapshot. ``refresh``: probe now, sharing a probe already in flight, unless the
+        latest is younger than ``max_age_seconds`` (dashboards polling a moment apart share it).
         ``fresh``: probe now with a run that starts after this call (the pre-load check)."""
         with self._probe:
-            if self._latest is not None and not refresh and not fresh:
+            age = time.monotonic() - self._latest_monotonic
+            if self._latest is not None and not fresh and (not refresh or age < max_age_seconds):
                 return self._latest
             if self._probe_in_flight:
                 generation = self._probe_generation
@@ -239,6 +242,7 @@ class Controller:
                 if snapshot is not None:
                     changed = self._latest is not None and _signature(self._latest) != _signature(snapshot)
                     self._latest = snapshot
+                    self._latest_monotonic = time.monotonic()
                 self.probe_runs += 1
                 self._probe_generation += 1
                 self._probe_in_flight = False
@@ -266,8 +270,8 @@ class Controller:
             for r in records
         ]
 
-    def status(self, *, refresh: bool = False) -> StatusDocument:
-        snapshot = self.snapshot(refresh=refresh)
+    def status(self, *, refresh: bool = False, max_age_seconds: float = 0.0) -> StatusDocument:
+        snapshot = self.snapshot(refresh=refresh, max_age_seconds=max_age_seconds)
         try:
             with self.store.read() as tx:
                 records = tx.active_placements()
@@ -383,12 +387,13 @@ class Controller:
             raise ControllerError(str(error)) from None
 
     def unload(self, name: str) -> ModelView:
-        """Stop the model's whole process tree (graceful, then forced) and free its GPUs."""
-        self.model_spec(name)
+        """Stop the model's whole process tree (graceful, then forced) and free its GPUs. A model
+        removed from the configuration while it ran can still be unloaded."""
         try:
             with self.store.exclusive() as tx:
                 mine = [p for p in tx.active_placements() if p.model_name == name]
                 if not mine:
+                    self.model_spec(name)
                     raise NotLoaded(f"model {name} is not loaded")
                 for record in mine:
                     tx.set_state(record.id, "stopping")
@@ -409,7 +414,7 @@ class Controller:
             raise StateUnavailable(f"model {name} was stopped but its state could not be saved: {error}") from None
         self.snapshot(fresh=True)
         self._changed()
-        return next(view for view in self.models() if view.name == name)
+        return next((view for view in self.models() if view.name == name), _unconfigured_view(mine[-1]))
 
     # ----------------------------------------------------------------- supervision
 
@@ -490,6 +495,12 @@ class Controller:
             if view.loaded:
                 with contextlib.suppress(ControllerError):
                     self.unload(view.name)
+
+
+def _unconfigured_view(record: PlacementRecord) -> ModelView:
+    return ModelView(record.model_name, "(no longer configured)", 0, "stopped", record.gpu_indexes, record.pid,
+                     record.port, record.started_at, None, record.requested_by, None, None, None, record.log_path,
+                     None)
 
 
 def _signature(snapshot: Snapshot) -> tuple[object, ...]:

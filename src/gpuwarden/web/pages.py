@@ -30,6 +30,7 @@ templates.env.globals["buttons_for"] = views.buttons_for
 
 ControllerDep = Annotated[Controller, Depends(get_controller)]
 SSE_POLL_SECONDS = 0.25
+SHARED_POLL_SECONDS = 5.0  # dashboards whose periodic polls fall this close together share one probe
 SSE_KEEPALIVE_SECONDS = 15.0
 
 
@@ -39,8 +40,8 @@ def require_htmx(request: Request) -> None:
 
 
 def content_context(controller: Controller, *, refresh: bool, flash: dict[str, str] | None = None,
-                    settings_flash: str | None = None) -> dict[str, Any]:
-    status = controller.status(refresh=refresh)
+                    settings_flash: str | None = None, max_age_seconds: float = 0.0) -> dict[str, Any]:
+    status = controller.status(refresh=refresh, max_age_seconds=max_age_seconds)
     models: list[ModelView] = []
     state_error = None
     try:
@@ -71,9 +72,11 @@ def dashboard(request: Request, controller: ControllerDep) -> HTMLResponse:
 
 
 @router.get("/dashboard/refresh", response_class=HTMLResponse)
-def refresh(request: Request, controller: ControllerDep, probe: bool = True) -> HTMLResponse:
-    """The dashboard content. ``probe=false`` re-renders from the latest snapshot (after a push)."""
-    return render(request, "_content.html", content_context(controller, refresh=probe))
+def refresh(request: Request, controller: ControllerDep, probe: bool = True, now: bool = False) -> HTMLResponse:
+    """The dashboard content. The periodic poll probes unless another dashboard just did;
+    ``now=true`` (the Refresh button) always probes; ``probe=false`` re-renders (after a push)."""
+    max_age = 0.0 if now else SHARED_POLL_SECONDS
+    return render(request, "_content.html", content_context(controller, refresh=probe, max_age_seconds=max_age))
 
 
 @router.post("/dashboard/models/{name}/load", response_class=HTMLResponse, dependencies=[Depends(require_htmx)])
