@@ -68,6 +68,13 @@ def test_status_json_for_every_public_fixture(sidecar: Path, capsys: pytest.Capt
 
 @pytest.mark.parametrize(("files", "states", "pids"), [
     (["busy_table.txt"], ["occupied_by_others"], [701, 702]),
+    (["busy_table_as_other_user.txt"], ["occupied_by_others"], [701, 702]),
+    (["idle_table.txt"], ["idle"], []),
+    (["busy_q_min_header.txt"], ["occupied_by_others"], []),
+    (["idle_q_min.txt"], ["idle"], []),
+    (["idle_q_full.txt"], ["idle"], []),
+    (["list.txt"], ["unavailable"], []),  # -L has no memory: never called idle
+    (["list.txt", "busy_pmon.txt"], ["unavailable"], [701, 702]),
     (["busy_xml.txt"], ["occupied_by_others"], [701, 702]),
     (["idle_xml.txt"], ["idle"], []),
     (["busy_q_min.txt"], ["occupied_by_others"], []),
@@ -87,6 +94,34 @@ def test_status_json_for_h200_recordings(files: list[str], states: list[str], pi
     assert document["gpu_status"][0]["memory_total_mib"] in (143771, None)
     # Recorded on another machine: PIDs are not looked up here.
     assert all(p["user"] is None for g in document["gpu_status"] for p in g["process_info"])
+
+
+@pytest.mark.parametrize(("name", "pids", "error"), [
+    ("busy_apps.txt", [701, 702], "nvidia-smi reported no GPU"),
+    ("busy_apps_noheader.txt", [701, 702], "nvidia-smi reported no GPU"),
+    ("busy_pmon.txt", [701, 702], "nvidia-smi reported no GPU"),
+    ("idle_apps.txt", [], "nvidia-smi reported no GPU"),
+    ("help_query_gpu.txt", [], "cannot parse mock nvidia-smi output: unrecognised"),
+    ("help_query_apps.txt", [], "cannot parse mock nvidia-smi output: unrecognised"),
+    ("version.txt", [], "cannot parse mock nvidia-smi output: unrecognised"),
+])
+def test_h200_outputs_without_gpu_rows_are_cpu_mode(name: str, pids: list[int], error: str,
+                                                     capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    code, out, _ = run_cli(["status", "--json"], {"GPUWARDEN_MOCK_SMI": str(H200 / name)}, capsys, monkeypatch,
+                           tmp_path)
+    document = json.loads(out)
+    assert code == 0 and document["mode"] == "cpu" and document["total_gpus"] == 0
+    assert error in document["error"]
+    assert [p["pid"] for p in document["unassigned_processes"]] == pids
+
+
+def test_every_h200_recording_is_covered() -> None:
+    covered = {"busy_table.txt", "busy_table_as_other_user.txt", "busy_xml.txt", "idle_xml.txt", "idle_table.txt",
+               "busy_q_min.txt", "busy_q_min_header.txt", "idle_q_min.txt", "idle_q_min_nounits.txt",
+               "busy_q_full.txt", "idle_q_full.txt", "busy_apps.txt", "idle_apps.txt", "busy_apps_noheader.txt",
+               "busy_pmon.txt", "list.txt", "help_query_gpu.txt", "help_query_apps.txt", "version.txt"}
+    assert {p.name for p in H200.glob("*.txt")} == covered
 
 
 def test_seed_example_done_when(tmp_path: Path) -> None:
@@ -162,3 +197,31 @@ def test_bad_config_file_exits_2(capsys: pytest.CaptureFixture[str], monkeypatch
     config.write_text("memory_threshold_mib = [1]\n")
     code, _, err = run_cli(["--config", str(config), "status"], {}, capsys, monkeypatch, tmp_path)
     assert code == 2 and "'memory_threshold_mib'" in err and str(config) in err
+
+
+def test_models_load_unload_commands(fake_smi: Any, capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from tests.conftest import model_command
+
+    config = tmp_path / "g.toml"
+    config.write_text(f'state_dir = {json.dumps(str(tmp_path / "state"))}\nunload_timeout_seconds = 3\n'
+                      '[[models]]\nname = "alpha"\ncommand = ' + json.dumps(model_command()) + "\n"
+                      "startup_grace_seconds = 0.2\ndefault_gpus = 2\n")
+    base = ["--config", str(config)]
+    code, out, _ = run_cli([*base, "models"], {}, capsys, monkeypatch, tmp_path)
+    assert code == 0 and "alpha" in out and "not_loaded" in out
+    code, out, _ = run_cli([*base, "load", "alpha"], {}, capsys, monkeypatch, tmp_path)  # default: 2 idle GPUs
+    assert code == 0 and "loaded alpha on GPU 0,1" in out
+    code, out, _ = run_cli([*base, "status"], {}, capsys, monkeypatch, tmp_path)
+    assert out.count("model loaded: alpha") == 2
+    code, out, err = run_cli([*base, "load", "alpha", "--gpus", "0"], {}, capsys, monkeypatch, tmp_path)
+    assert code == 1 and "already loaded" in err
+    code, out, _ = run_cli([*base, "models", "--json"], {}, capsys, monkeypatch, tmp_path)
+    [view] = json.loads(out)
+    assert view["gpus"] == [0, 1] and view["pid"] and view["state"] in ("starting", "running")
+    code, out, _ = run_cli([*base, "unload", "alpha"], {}, capsys, monkeypatch, tmp_path)
+    assert code == 0 and "unloaded alpha" in out
+    code, _, err = run_cli([*base, "unload", "alpha"], {}, capsys, monkeypatch, tmp_path)
+    assert code == 1 and "not loaded" in err
+    code, _, err = run_cli([*base, "load", "nope"], {}, capsys, monkeypatch, tmp_path)
+    assert code == 1 and "unknown model" in err

@@ -279,3 +279,10 @@ def test_seed_csv_round_trip(rows: list[tuple[int, int]]) -> None:
     parsed = parse_output(text)
     assert detect_kind(text) is OutputKind.CSV_GPU
     assert [(g.index, g.memory_used_mib) for g in parsed.gpus] == rows
+
+
+@pytest.mark.parametrize("prompt", ["$ nvidia-smi", "C:\\Users\\me> nvidia-smi", "nvidia-smi.exe", "# nvidia-smi -a"])
+def test_a_recorded_prompt_line_is_not_an_error(prompt: str) -> None:
+    text = prompt + "\n" + (PUBLIC / "019-l40s-x4-580.119.02-mixed.txt").read_text()
+    parsed = parse_output(text)
+    assert parsed.messages == () and len(parsed.gpus) == 4

@@ -49,6 +49,7 @@ _PROCESS_ROW_PLAIN = re.compile(r"^\s*(?P<gpu>\d+)\s+(?P<pid>\d+)" + _PROCESS_TA
 _DRIVER_VERSION = re.compile(r"(?:Driver Version|KMD Version):\s*([0-9.]+)")
 _UUID = re.compile(r"^(GPU|MIG)-[0-9A-Fa-f-]+$")
 _LIST_LINE = re.compile(r"^GPU (\d+): (.*?) \(UUID: (\S+)\)\s*$")
+_PROMPT_LINE = re.compile(r"^(?:\S*[$#>]\s*)?(?:\S*[/\\])?nvidia-smi(?:\.exe)?(?:\s+-\S+)*\s*$", re.IGNORECASE)
 _COMMAND_LINE = re.compile(r"(?:^|\s)nvidia-smi(?:\.exe)?\s.*--query-(?:gpu|compute-apps)=(\S+)", re.IGNORECASE)
 
 
@@ -195,7 +196,7 @@ def parse_table(text: str) -> ParsedOutput:
         if not (stripped.startswith("|") or stripped.startswith("+")):
             if saw_box and section not in ("preamble",) and not _looks_like_error([stripped]):
                 continue
-            if not _TIMESTAMP.match(stripped):
+            if not _TIMESTAMP.match(stripped) and not _PROMPT_LINE.match(stripped):
                 messages.append(stripped)
             continue
         saw_box = True
