@@ -25,7 +25,7 @@ def make_controller(tmp_path: Path, **overrides: Any) -> Controller:
 @pytest.fixture
 async def client(fake_smi: FakeSmi, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(make_controller(tmp_path), monitor=False)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver",
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8000",
                                  timeout=60) as http:
         yield http
 
@@ -159,3 +159,29 @@ async def test_dashboard_polls_close_together_share_one_probe(client: httpx.Asyn
     assert fake_smi.calls == before
     await client.get("/dashboard/refresh", params={"now": "true"})  # the Refresh button always probes
     assert fake_smi.calls == before + 1
+
+
+async def test_cross_site_requests_are_refused(client: httpx.AsyncClient) -> None:
+    # A page on another site can send a "simple" POST (text/plain body) without a preflight...
+    simple = await client.post("/api/models/alpha/load", content=b'{"gpus": "0"}',
+                               headers={"Content-Type": "text/plain"})
+    assert simple.status_code == 422
+    # ... or rebind its DNS name to 127.0.0.1; the Host header still names it.
+    rebound = await client.get("/api/gpus", headers={"Host": "evil.example:8000"})
+    assert rebound.status_code == 400
+    assert (await client.get("/api/models")).json()[0]["state"] == "not_loaded"
+
+
+async def test_models_keep_running_when_the_server_stops_unless_configured(fake_smi: FakeSmi, tmp_path: Path) -> None:
+    for stop, expected in ((False, "running"), (True, "stopped")):
+        controller = make_controller(tmp_path / str(stop), stop_models_on_exit=stop)
+        app = create_app(controller)
+        async with app.router.lifespan_context(app):  # the server starts (monitor) and stops
+            controller.load("alpha", "0")
+            for _ in range(100):
+                if controller.models()[0].state == "running":
+                    break
+                await asyncio.sleep(0.05)
+        assert controller.models()[0].state == expected
+        if stop is False:
+            controller.unload("alpha")

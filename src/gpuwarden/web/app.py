@@ -15,12 +15,14 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from gpuwarden import __version__
 from gpuwarden.controller import Controller, ControllerError
 from gpuwarden.web import api, pages
 
 MONITOR_INTERVAL_SECONDS = 1.0
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
 
 class Monitor:
@@ -80,6 +82,10 @@ def create_app(controller: Controller, *, monitor: bool = True) -> FastAPI:
     async def controller_error(request: Request, error: ControllerError) -> JSONResponse:
         return JSONResponse(status_code=error.status_code, content={"detail": str(error)})
 
+    if controller.settings.host in LOOPBACK_NAMES:
+        # Served on loopback only: refuse other Host names, so a web page that rebinds its own DNS
+        # name to 127.0.0.1 cannot drive gpuwarden from the user's browser.
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_NAMES))
     app.include_router(api.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
