@@ -11,7 +11,7 @@ import re
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -90,6 +90,9 @@ class Settings(BaseSettings):
         description="Memory used strictly above this (MiB) marks a GPU in use.")
     refresh_interval_seconds: int = Field(
         default=300, ge=1, le=86_400, description="How often the server and the dashboard refresh GPU status.")
+    gpu_source: Literal["nvidia-smi", "nvml"] = Field(
+        default="nvidia-smi", description="Where GPU status comes from: nvidia-smi, or NVML (falls back to "
+        "nvidia-smi when NVML cannot be used).")
     nvidia_smi_path: Path | None = Field(
         default=None, description="nvidia-smi to run; default: PATH, then the usual Windows locations.")
     nvidia_smi_timeout_seconds: float = Field(

@@ -21,6 +21,7 @@ class OutputKind(enum.Enum):
     PMON = "pmon"  # `pmon -c 1`
     LIST = "list"  # `-L`
     ERROR = "error"  # an error message instead of data
+    NVML = "nvml"  # not an nvidia-smi output: read through NVML (probe/nvml.py)
 
 
 class GpuState(enum.Enum):

@@ -17,6 +17,7 @@ from gpuwarden.model import Snapshot
 from gpuwarden.owners import ProcessLookup, PsutilLookup, with_users
 from gpuwarden.probe.assemble import build_snapshot, cpu_snapshot
 from gpuwarden.probe.mock import MockSource
+from gpuwarden.probe.nvml import NvmlSource
 from gpuwarden.probe.parse import NvidiaSmiParseError, parse_output
 from gpuwarden.probe.smi import QUERY_ARGS, NvidiaSmiFailed, NvidiaSmiNotFound, find_nvidia_smi, run_nvidia_smi
 
@@ -87,14 +88,14 @@ class SmiSource:
 
 def make_source(settings: Settings, lookup: ProcessLookup | None = None,
                 clock: Callable[[], datetime] = utc_now) -> GpuSource:
-    """Mock mode if configured (text wins over files), else the real nvidia-smi."""
+    """Mock mode if configured (text wins over files), else NVML if chosen, else the real nvidia-smi."""
     if settings.mock_smi_text is not None:
         return MockSource(text=settings.mock_smi_text, columns=settings.mock_columns, clock=clock)
     if settings.mock_smi is not None:
         return MockSource.from_setting(settings.mock_smi, settings.mock_columns, clock)
-    return SmiSource(
-        configured_path=settings.nvidia_smi_path,
-        timeout_seconds=settings.nvidia_smi_timeout_seconds,
-        lookup=lookup or PsutilLookup(),
-        clock=clock,
-    )
+    lookup = lookup or PsutilLookup()
+    smi = SmiSource(configured_path=settings.nvidia_smi_path, timeout_seconds=settings.nvidia_smi_timeout_seconds,
+                    lookup=lookup, clock=clock)
+    if settings.gpu_source == "nvml":
+        return NvmlSource(lookup=lookup, fallback=smi, clock=clock)
+    return smi

@@ -52,7 +52,7 @@ class Monitor:
                 if time.monotonic() - self._last_refresh >= self.controller.refresh_interval_seconds:
                     self._last_refresh = time.monotonic()
                     self.controller.snapshot(refresh=True)
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 - the monitor must outlive any one failure
                 print(f"gpuwarden: monitor: {error!r}", flush=True)
 
 

@@ -1,0 +1,144 @@
+"""The NVML source, driven by a fake NVML binding (the same function names as pynvml)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from gpuwarden.classify import classify
+from gpuwarden.model import GpuState
+from gpuwarden.owners import PsutilLookup
+from gpuwarden.probe import SmiSource, make_source
+from gpuwarden.probe.nvml import NvmlSource
+from tests.conftest import FakeSmi, make_settings
+
+MIB = 1024 * 1024
+NOT_AVAILABLE = 2**64 - 1
+
+
+class NVMLError(Exception):
+    pass
+
+
+class FakeNvml:
+    """Two GPUs: 0 idle (v1 would say 615 MiB used), 1 with a compute, a graphics and a C+G process."""
+
+    nvmlMemory_v2 = 0x02000028
+
+    def __init__(self, *, init_error: bool = False, lost: int | None = None, v2: bool = True) -> None:
+        self.init_error, self.lost, self.v2, self.inits = init_error, lost, v2, 0
+        self.gpus = [
+            {"used": 0, "reserved": 615 * MIB, "compute": [], "graphics": []},
+            {"used": 3193 * MIB, "reserved": 616 * MIB,
+             "compute": [SimpleNamespace(pid=701, usedGpuMemory=2566 * MIB),
+                         SimpleNamespace(pid=703, usedGpuMemory=NOT_AVAILABLE)],
+             "graphics": [SimpleNamespace(pid=702, usedGpuMemory=None),
+                          SimpleNamespace(pid=703, usedGpuMemory=10 * MIB)]},
+        ]
+
+    def nvmlInit(self) -> None:
+        self.inits += 1
+        if self.init_error:
+            raise NVMLError("Driver Not Loaded")
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        return "580.159.04"
+
+    def nvmlDeviceGetCount(self) -> int:
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        return index
+
+    def nvmlDeviceGetMemoryInfo(self, handle: int, version: int | None = None) -> Any:
+        if handle == self.lost:
+            raise NVMLError("GPU is lost")
+        if version != self.nvmlMemory_v2 or not self.v2:
+            raise NVMLError("Function Not Found")
+        gpu = self.gpus[handle]
+        return SimpleNamespace(used=gpu["used"], total=143771 * MIB, reserved=gpu["reserved"])
+
+    def nvmlDeviceGetPciInfo(self, handle: int) -> Any:
+        return SimpleNamespace(busId=f"00000000:{handle + 6:02X}:00.0".encode())
+
+    def nvmlDeviceGetName(self, handle: int) -> bytes:
+        return b"NVIDIA H200"
+
+    def nvmlDeviceGetUUID(self, handle: int) -> str:
+        return f"GPU-{handle:08d}"
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: int) -> list[Any]:
+        return self.gpus[handle]["compute"]
+
+    def nvmlDeviceGetGraphicsRunningProcesses(self, handle: int) -> list[Any]:
+        return self.gpus[handle]["graphics"]
+
+    def nvmlSystemGetProcessName(self, pid: int) -> str:
+        if pid == 702:
+            raise NVMLError("No permission")
+        return {701: "python3", 703: "C:\\Windows\\explorer.exe"}[pid]
+
+
+def source(nvml: FakeNvml, fallback: Any = None) -> NvmlSource:
+    return NvmlSource(lookup=PsutilLookup(), fallback=fallback, clock=lambda: datetime.now(UTC), nvml=nvml)
+
+
+def test_reads_gpus_and_processes_with_v2_memory() -> None:
+    snapshot = source(FakeNvml()).snapshot()
+    assert snapshot.error is None and snapshot.driver_version == "580.159.04"
+    assert [(g.index, g.name, g.uuid, g.bus_id, g.memory_used_mib, g.memory_total_mib) for g in snapshot.gpus] == [
+        (0, "NVIDIA H200", "GPU-00000000", "0000:06:00.0", 0, 143771),
+        (1, "NVIDIA H200", "GPU-00000001", "0000:07:00.0", 3193, 143771)]
+    assert sorted((p.pid, p.name, p.type, p.used_memory_mib, p.gpu_index) for p in snapshot.processes) == [
+        (701, "python3", "C", 2566, 1),
+        (702, "Insufficient Permissions", "G", None, 1),
+        (703, "C:\\Windows\\explorer.exe", "C+G", 10, 1)]
+    document = classify(snapshot, 30)
+    assert [g.state for g in document.gpus] == [GpuState.IDLE, GpuState.OCCUPIED_BY_OTHERS]
+
+
+def test_a_lost_gpu_is_unreadable_and_the_others_survive() -> None:
+    snapshot = source(FakeNvml(lost=1)).snapshot()
+    assert [g.memory_used_mib for g in snapshot.gpus] == [0, None]
+    assert any("GPU is lost" in w for w in snapshot.warnings)
+    assert classify(snapshot, 30).gpus[1].state is GpuState.UNAVAILABLE
+
+
+def test_without_v2_memory_nvidia_smi_is_used(fake_smi: FakeSmi) -> None:
+    smi = SmiSource(configured_path=None, timeout_seconds=10, lookup=PsutilLookup())
+    snapshot = source(FakeNvml(v2=False), fallback=smi).snapshot()
+    assert snapshot.source == "nvidia-smi" and [g.uuid for g in snapshot.gpus] == ["GPU-fake-0000", "GPU-fake-0001"]
+    assert any("NVML not used" in w for w in snapshot.warnings)
+
+
+def test_init_failure_falls_back_to_nvidia_smi_which_explains(fake_smi: FakeSmi) -> None:
+    fake_smi.set_mode("fail")
+    smi = SmiSource(configured_path=None, timeout_seconds=10, lookup=PsutilLookup())
+    snapshot = source(FakeNvml(init_error=True), fallback=smi).snapshot()
+    assert snapshot.gpus == () and "couldn't communicate with the NVIDIA driver" in (snapshot.error or "")
+
+
+def test_init_once() -> None:
+    nvml = FakeNvml()
+    nvml_source = source(nvml)
+    nvml_source.snapshot()
+    nvml_source.snapshot()
+    assert nvml.inits == 1
+
+
+def test_setting_selects_nvml_and_mock_still_wins(tmp_path: Path) -> None:
+    assert isinstance(make_source(make_settings(tmp_path, gpu_source="nvml")), NvmlSource)
+    assert make_source(make_settings(tmp_path, gpu_source="nvml", mock_smi_text="0, 1")).description == "mock (text)"
+    with pytest.raises(Exception, match="gpu_source"):
+        make_settings(tmp_path, gpu_source="magic")
+
+
+def test_real_binding_without_a_driver_falls_back(fake_smi: FakeSmi, tmp_path: Path) -> None:
+    """The installed pynvml on this (GPU-less) machine: nvmlInit fails, nvidia-smi answers."""
+    snapshot = make_source(make_settings(tmp_path, gpu_source="nvml")).snapshot()
+    assert [g.uuid for g in snapshot.gpus] == ["GPU-fake-0000", "GPU-fake-0001"]
+    assert any("NVML not used" in w for w in snapshot.warnings)
