@@ -33,7 +33,7 @@ class FakeNvml:
         self.init_error, self.lost, self.v2, self.inits = init_error, lost, v2, 0
         self.gpus = [
             {"used": 0, "reserved": 615 * MIB, "compute": [], "graphics": []},
-            {"used": 3193 * MIB, "reserved": 616 * MIB,
+            {"used": 3192 * MIB + 1, "reserved": 616 * MIB,
              "compute": [SimpleNamespace(pid=701, usedGpuMemory=2566 * MIB),
                          SimpleNamespace(pid=703, usedGpuMemory=NOT_AVAILABLE)],
              "graphics": [SimpleNamespace(pid=702, usedGpuMemory=None),
@@ -88,7 +88,7 @@ def source(nvml: FakeNvml, fallback: Any = None) -> NvmlSource:
 
 
 def test_reads_gpus_and_processes_with_v2_memory() -> None:
-    snapshot = source(FakeNvml()).snapshot()
+    snapshot = source(FakeNvml()).snapshot()  # GPU 1: 3192 MiB + 1 byte -> 3193 MiB, as nvidia-smi rounds
     assert snapshot.error is None and snapshot.driver_version == "580.159.04"
     assert [(g.index, g.name, g.uuid, g.bus_id, g.memory_used_mib, g.memory_total_mib) for g in snapshot.gpus] == [
         (0, "NVIDIA H200", "GPU-00000000", "0000:06:00.0", 0, 143771),
