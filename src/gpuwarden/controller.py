@@ -166,8 +166,7 @@ class Controller:
         self._probe_generation = 0
         self._latest: Snapshot | None = None
         self._latest_monotonic = 0.0
-        self.probe_runs = 0
-        self._changes = threading.Condition()
+        self._changes = threading.Lock()
         self.version = 0
         self._store_generation = -1
         self._load_runtime_settings()
@@ -175,15 +174,9 @@ class Controller:
     # ----------------------------------------------------------------- notifications
 
     def _changed(self) -> None:
+        """Something users see changed: the web layer pushes ``version`` to every dashboard."""
         with self._changes:
             self.version += 1
-            self._changes.notify_all()
-
-    def wait_for_change(self, seen_version: int, timeout_seconds: float) -> int:
-        """Block until the version moves past ``seen_version`` (or the timeout); return it."""
-        with self._changes:
-            self._changes.wait_for(lambda: self.version != seen_version, timeout=timeout_seconds)
-            return self.version
 
     # ----------------------------------------------------------------- settings
 
@@ -243,7 +236,6 @@ class Controller:
                     changed = self._latest is not None and _signature(self._latest) != _signature(snapshot)
                     self._latest = snapshot
                     self._latest_monotonic = time.monotonic()
-                self.probe_runs += 1
                 self._probe_generation += 1
                 self._probe_in_flight = False
                 self._probe.notify_all()
@@ -513,16 +505,6 @@ def current_user() -> str | None:
         return getpass.getuser()
     except (OSError, KeyError, ImportError):
         return None
-
-
-def wait_until(predicate: Callable[[], bool], timeout_seconds: float, interval_seconds: float = 0.1) -> bool:
-    """Poll ``predicate`` until true or timeout (used by the CLI's --wait)."""
-    deadline = time.monotonic() + timeout_seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_seconds)
-    return predicate()
 
 
 def build_controller(settings: Settings, source: GpuSource | None = None) -> Controller:

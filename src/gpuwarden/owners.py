@@ -1,4 +1,4 @@
-"""Who runs a PID, and its process tree: the operating system's view, through psutil (portable).
+"""Who runs a PID: the operating system's view, through psutil (portable).
 
 nvidia-smi prints PIDs; whether that PID is the same process here is checked against its name,
 since a PID from another PID namespace (a container) or a recording may name an unrelated process.
@@ -19,13 +19,9 @@ from gpuwarden.model import GpuProcess
 
 
 class ProcessLookup(Protocol):
-    """The OS facts gpuwarden needs about a PID."""
+    """Who runs a PID (None where the OS does not show the same process)."""
 
     def user_of(self, pid: int, smi_name: str) -> str | None: ...
-
-    def start_time(self, pid: int) -> float | None: ...
-
-    def tree(self, pid: int) -> frozenset[int]: ...
 
 
 def _basename(name: str) -> str:
@@ -68,19 +64,6 @@ class PsutilLookup:
                 return process.username()
         except (psutil.Error, OSError, ValueError):
             return None
-
-    def start_time(self, pid: int) -> float | None:
-        try:
-            return psutil.Process(pid).create_time()
-        except (psutil.Error, OSError, ValueError):
-            return None
-
-    def tree(self, pid: int) -> frozenset[int]:
-        try:
-            process = psutil.Process(pid)
-            return frozenset([pid, *(child.pid for child in process.children(recursive=True))])
-        except (psutil.Error, OSError, ValueError):
-            return frozenset()
 
 
 def with_users(processes: Iterable[GpuProcess], lookup: ProcessLookup) -> tuple[GpuProcess, ...]:
