@@ -38,9 +38,13 @@ class FakeSmi:
         (directory / "procs").mkdir(parents=True, exist_ok=True)
         self.bin = directory / "bin"
         self.bin.mkdir()
-        script = self.bin / "nvidia-smi"
-        script.write_text(f"#!{sys.executable}\n" + (FAKES / "fake_nvidia_smi.py").read_text())
-        script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        source = FAKES / "fake_nvidia_smi.py"
+        if sys.platform == "win32":  # found through PATHEXT, as nvidia-smi.exe would be
+            (self.bin / "nvidia-smi.cmd").write_text(f'@"{sys.executable}" "{source}" %*\r\n')
+        else:
+            script = self.bin / "nvidia-smi"
+            script.write_text(f"#!{sys.executable}\n" + source.read_text())
+            script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
         self.set_gpus(2)
         self._foreign: list[subprocess.Popen[bytes]] = []
 
