@@ -43,9 +43,9 @@ def gpu_button(model: ModelView, gpu: GpuStatus) -> GpuButton:
     if gpu.state is GpuState.UNAVAILABLE:
         return GpuButton(f"GPU {index} (Unavailable)", index, "none", True, gpu.reason, "unavailable")
     if model.loaded:
-        where = ",".join(map(str, model.gpu_indexes)) or "CPU"
+        where = f"GPU {','.join(map(str, model.gpu_indexes))}" if model.gpu_indexes else "the CPU"
         return GpuButton(f"GPU {index}", index, "none", True,
-                         f"{model.name} is already loaded on GPU {where}: unload it first", "busy-model")
+                         f"{model.name} is already loaded on {where}: unload it first", "busy-model")
     return GpuButton(f"GPU {index}", index, "load", False, f"Load {model.name} on GPU {index}", "idle")
 
 

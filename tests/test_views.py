@@ -1,0 +1,47 @@
+"""The dashboard's button rules (seed §5, §6) as plain data."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from gpuwarden.classify import classify
+from gpuwarden.controller import ModelView
+from gpuwarden.model import GpuReading, PlacementView, Snapshot
+from gpuwarden.web.views import buttons_for, duration_label, interval_label
+
+NOW = datetime(2026, 11, 27, tzinfo=UTC)
+
+
+def view(name: str, state: str = "not_loaded", gpus: tuple[int, ...] = ()) -> ModelView:
+    return ModelView(name, "", 1, state, gpus, 1 if state != "not_loaded" else None, None, None, None, None, None,
+                     None, None, None, None)
+
+
+def status(placements: tuple[PlacementView, ...] = ()) -> object:
+    gpus = tuple(GpuReading(index=i, memory_used_mib=used, memory_total_mib=100)
+                 for i, used in enumerate((0, 500, 0, 0)))
+    return classify(Snapshot(taken_at=NOW, source="t", gpus=gpus), 30, placements)
+
+
+def test_buttons_per_gpu_with_states() -> None:
+    document = status((PlacementView("a", (2, 3)),))
+    a = buttons_for(view("a", "running", (2, 3)), document)  # type: ignore[arg-type]
+    b = buttons_for(view("b"), document)  # type: ignore[arg-type]
+    assert [x.label for x in b] == ["GPU 0", "GPU 1 (Occupied)", "⚡ GPU 2 (a)", "⚡ GPU 3 (a)"]
+    assert [x.disabled for x in b] == [False, True, True, True]
+    assert [x.action for x in a] == ["none", "none", "unload", "unload"]
+    assert a[0].disabled and "already loaded on GPU 2,3" in a[0].title
+    assert "unload it first" in b[2].title
+
+
+def test_cpu_mode_has_one_cpu_button() -> None:
+    document = classify(Snapshot(taken_at=NOW, source="t", error="No devices were found"), 30)
+    [idle] = buttons_for(view("m"), document)
+    [mine] = buttons_for(view("m", "running", ()), document)
+    assert (idle.label, idle.action, idle.disabled) == ("CPU", "load", False)
+    assert (mine.label, mine.action) == ("⚡ CPU (m)", "unload")
+
+
+def test_labels() -> None:
+    assert [interval_label(s) for s in (300, 90, 3600, 2)] == ["5m", "90s", "1h", "2s"]
+    assert [duration_label(s) for s in (None, 5, 65, 3725)] == ["", "5s", "1m 05s", "1h 02m"]
