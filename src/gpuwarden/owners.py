@@ -15,7 +15,7 @@ from typing import Protocol
 
 import psutil
 
-from gpuwarden.model import GpuProcess
+from gpuwarden.model import GpuProcess, Snapshot
 
 
 class ProcessLookup(Protocol):
@@ -76,3 +76,12 @@ def with_users(processes: Iterable[GpuProcess], lookup: ProcessLookup) -> tuple[
             cache[key] = lookup.user_of(process.pid, process.name)
         result.append(replace(process, user=cache[key]))
     return tuple(result)
+
+
+def snapshot_with_users(snapshot: Snapshot, lookup: ProcessLookup) -> Snapshot:
+    """Every process of a snapshot taken on this machine, with its user."""
+    return replace(
+        snapshot,
+        processes=with_users(snapshot.processes, lookup),
+        unassigned_processes=with_users(snapshot.unassigned_processes, lookup),
+    )

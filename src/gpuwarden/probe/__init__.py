@@ -14,7 +14,7 @@ from typing import Protocol
 
 from gpuwarden.config import Settings
 from gpuwarden.model import Snapshot
-from gpuwarden.owners import ProcessLookup, PsutilLookup, with_users
+from gpuwarden.owners import ProcessLookup, PsutilLookup, snapshot_with_users
 from gpuwarden.probe.assemble import build_snapshot, cpu_snapshot
 from gpuwarden.probe.mock import MockSource
 from gpuwarden.probe.nvml import NvmlSource
@@ -79,11 +79,7 @@ class SmiSource:
             stderr = result.stderr.strip().splitlines()
             note = f"nvidia-smi exited with code {result.returncode}" + (f": {stderr[0][:300]}" if stderr else "")
             snapshot = replace(snapshot, warnings=(note,))
-        return replace(
-            snapshot,
-            processes=with_users(snapshot.processes, self._lookup),
-            unassigned_processes=with_users(snapshot.unassigned_processes, self._lookup),
-        )
+        return snapshot_with_users(snapshot, self._lookup)
 
 
 def make_source(settings: Settings, lookup: ProcessLookup | None = None,

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from gpuwarden.model import GpuProcess, GpuReading, OutputKind, ParsedOutput, Snapshot
-from gpuwarden.owners import ProcessLookup, with_users
+from gpuwarden.owners import ProcessLookup, snapshot_with_users
 from gpuwarden.probe.assemble import build_snapshot
 from gpuwarden.probe.parse import normalize_bus_id
 
@@ -77,11 +77,7 @@ class NvmlSource:
             snapshot: Snapshot = self._fallback.snapshot()
             return replace(snapshot, warnings=(*snapshot.warnings, f"NVML not used ({error}); read nvidia-smi"))
         snapshot = build_snapshot([parsed], self._clock(), self.description)
-        return replace(
-            snapshot,
-            processes=with_users(snapshot.processes, self._lookup),
-            unassigned_processes=with_users(snapshot.unassigned_processes, self._lookup),
-        )
+        return snapshot_with_users(snapshot, self._lookup)
 
     def _read(self) -> ParsedOutput:
         nvml = self._api()
