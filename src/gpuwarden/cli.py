@@ -16,7 +16,7 @@ import click
 
 from gpuwarden import __version__
 from gpuwarden.classify import StatusDocument
-from gpuwarden.config import ConfigError, Settings, load_settings
+from gpuwarden.config import RUNTIME_SETTING_RANGES, ConfigError, Settings, load_settings
 from gpuwarden.controller import Controller, ControllerError, ModelView, build_controller, current_user
 from gpuwarden.model import GpuState
 
@@ -121,7 +121,7 @@ def _controller(ctx: click.Context, overrides: dict[str, Any] | None = None) -> 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the status document as JSON.")
-@click.option("--threshold", type=click.IntRange(0, 10_000_000), default=None,
+@click.option("--threshold", type=click.IntRange(*RUNTIME_SETTING_RANGES["memory_threshold_mib"]), default=None,
               help="Memory threshold in MiB for this call (default: the configured one).")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool, threshold: int | None) -> None:

@@ -11,12 +11,17 @@ import re
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "GPUWARDEN_"
+# The settings users may change at run time (dashboard, PUT /api/settings), with their bounds.
+RUNTIME_SETTING_RANGES: dict[str, tuple[int, int]] = {
+    "memory_threshold_mib": (0, 10_000_000),
+    "refresh_interval_seconds": (1, 86_400),
+}
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
@@ -86,10 +91,13 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True, case_sensitive=False)
 
     memory_threshold_mib: int = Field(
-        default=30, ge=0, le=10_000_000,
+        default=30, ge=RUNTIME_SETTING_RANGES["memory_threshold_mib"][0],
+        le=RUNTIME_SETTING_RANGES["memory_threshold_mib"][1],
         description="Memory used strictly above this (MiB) marks a GPU in use.")
     refresh_interval_seconds: int = Field(
-        default=300, ge=1, le=86_400, description="How often the server and the dashboard refresh GPU status.")
+        default=300, ge=RUNTIME_SETTING_RANGES["refresh_interval_seconds"][0],
+        le=RUNTIME_SETTING_RANGES["refresh_interval_seconds"][1],
+        description="How often the server and the dashboard refresh GPU status.")
     gpu_source: Literal["nvidia-smi", "nvml"] = Field(
         default="nvidia-smi", description="Where GPU status comes from: nvidia-smi, or NVML (falls back to "
         "nvidia-smi when NVML cannot be used).")
@@ -213,6 +221,12 @@ def load_settings(
         origin.update({key: f"environment variable {ENV_PREFIX}{key.upper()}" for key in env_values})
         origin.update(dict.fromkeys(overrides or {}, "the command line"))
         raise ConfigError(_format_validation_error(error, origin, file_origin)) from None
+
+
+def runtime_setting_in_range(value: object, key: str) -> TypeGuard[int]:
+    """Is ``value`` a valid value for the run-time setting ``key``?"""
+    low, high = RUNTIME_SETTING_RANGES[key]
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def documented_settings() -> dict[str, str]:

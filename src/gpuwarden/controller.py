@@ -16,11 +16,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from gpuwarden.classify import StatusDocument, classify
-from gpuwarden.config import ModelConfig, Settings
+from gpuwarden.config import ModelConfig, Settings, runtime_setting_in_range
 from gpuwarden.model import GpuState, PlacementView, Snapshot
 from gpuwarden.probe import GpuSource, utc_now
 from gpuwarden.store import PlacementRecord, Store, StoreError
@@ -28,6 +27,7 @@ from gpuwarden.supervisor import (
     Launched,
     LaunchError,
     Supervisor,
+    exit_path_for,
     free_port,
     health_ok,
     is_alive,
@@ -39,7 +39,6 @@ from gpuwarden.supervisor import (
 )
 
 CPU_SELECTION = "cpu"
-RUNTIME_SETTINGS = ("memory_threshold_mib", "refresh_interval_seconds")
 
 
 class ControllerError(Exception):
@@ -144,10 +143,6 @@ class ModelView:
         }
 
 
-def exit_path_for(log_path: str | None) -> Path | None:
-    return Path(log_path).with_suffix(".exit.json") if log_path else None
-
-
 class Controller:
     """Status, load, unload. Thread-safe; safe beside other processes using the same state_dir."""
 
@@ -188,9 +183,9 @@ class Controller:
             return
         threshold = saved.get("memory_threshold_mib")
         interval = saved.get("refresh_interval_seconds")
-        if isinstance(threshold, int) and 0 <= threshold <= 10_000_000:
+        if runtime_setting_in_range(threshold, "memory_threshold_mib"):
             self.memory_threshold_mib = threshold
-        if isinstance(interval, int) and 1 <= interval <= 86_400:
+        if runtime_setting_in_range(interval, "refresh_interval_seconds"):
             self.refresh_interval_seconds = interval
 
     def runtime_settings(self) -> dict[str, int]:
@@ -362,8 +357,7 @@ class Controller:
     def _launch(self, spec: ModelConfig, indexes: tuple[int, ...]) -> tuple[Launched, int | None]:
         needs_port = any("{port}" in part for part in (*spec.command, *spec.env.values(), spec.health_url or ""))
         port = free_port() if needs_port else None
-        values = {"port": str(port or ""), "gpus": ",".join(map(str, indexes)), "model": spec.name,
-                  "python": sys.executable}
+        values = placeholders(spec.name, indexes, port)
         argv = [substitute(part, values) for part in spec.command]
         env = dict(os.environ)
         env.update({key: substitute(value, values) for key, value in spec.env.items()})
@@ -398,10 +392,10 @@ class Controller:
         try:
             with self.store.exclusive() as tx:
                 for record in mine:
-                    exit_record = read_exit_file(exit_path_for(record.log_path))
+                    exit_record = read_exit_file(exit_path_for(record.log_file))
                     tx.finish_placement(record.id, state="stopped", ended_at=self.clock(),
                                         exit_code=exit_record.exit_code if exit_record else None, error=None,
-                                        log_tail=log_tail(Path(record.log_path) if record.log_path else None))
+                                        log_tail=log_tail(record.log_file))
         except StoreError as error:
             raise StateUnavailable(f"model {name} was stopped but its state could not be saved: {error}") from None
         self.snapshot(fresh=True)
@@ -449,7 +443,7 @@ class Controller:
                         tx.mark_running(record.id)
                     for record, state, code, error in outcomes:
                         tx.finish_placement(record.id, state=state, ended_at=now, exit_code=code, error=error,
-                                            log_tail=log_tail(Path(record.log_path) if record.log_path else None))
+                                            log_tail=log_tail(record.log_file))
                     generation = tx.generation()
             except StoreError:
                 return False
@@ -462,7 +456,7 @@ class Controller:
         return changed
 
     def _ending(self, record: PlacementRecord, at_startup: bool) -> tuple[PlacementRecord, str, int | None, str | None]:
-        exit_record = read_exit_file(exit_path_for(record.log_path))
+        exit_record = read_exit_file(exit_path_for(record.log_file))
         if record.state == "stopping":
             return record, "stopped", exit_record.exit_code if exit_record else None, None
         if exit_record is not None:
@@ -476,9 +470,7 @@ class Controller:
 
     def _healthy(self, spec: ModelConfig, record: PlacementRecord, elapsed_seconds: float) -> bool:
         if spec.health_url:
-            values = {"port": str(record.port or ""), "model": spec.name,
-                      "gpus": ",".join(map(str, record.gpu_indexes)), "python": sys.executable}
-            return health_ok(substitute(spec.health_url, values))
+            return health_ok(substitute(spec.health_url, placeholders(spec.name, record.gpu_indexes, record.port)))
         return elapsed_seconds >= spec.startup_grace_seconds
 
     def stop_all(self) -> None:
@@ -487,6 +479,11 @@ class Controller:
             if view.loaded:
                 with contextlib.suppress(ControllerError):
                     self.unload(view.name)
+
+
+def placeholders(model: str, indexes: Sequence[int], port: int | None) -> dict[str, str]:
+    """The values of ``{port}``, ``{gpus}``, ``{model}`` and ``{python}`` in a model's command, env and health URL."""
+    return {"port": str(port or ""), "gpus": ",".join(map(str, indexes)), "model": model, "python": sys.executable}
 
 
 def _unconfigured_view(record: PlacementRecord) -> ModelView:

@@ -71,6 +71,10 @@ class PlacementRecord:
     def active(self) -> bool:
         return self.state in ACTIVE_STATES
 
+    @property
+    def log_file(self) -> Path | None:
+        return Path(self.log_path) if self.log_path else None
+
 
 def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.astimezone(UTC).isoformat()

@@ -26,6 +26,7 @@ import psutil
 START_TIME_TOLERANCE_SECONDS = 0.5
 LOG_TAIL_LINES = 20
 LOG_TAIL_BYTES = 16 * 1024
+EXIT_SUFFIX = ".exit.json"  # beside each model's log: the shim's record of how it ended
 
 
 class LaunchError(Exception):
@@ -119,6 +120,11 @@ def stop_tree(pid: int, start_time: float | None, timeout_seconds: float) -> Non
     psutil.wait_procs(alive, timeout=5)
 
 
+def exit_path_for(log_path: Path | None) -> Path | None:
+    """Where the shim records how the model whose log is ``log_path`` ended."""
+    return log_path.with_suffix(EXIT_SUFFIX) if log_path is not None else None
+
+
 def read_exit_file(path: Path | None) -> ExitRecord | None:
     """The shim's record of how the model ended; the file is untrusted."""
     if path is None:
@@ -178,7 +184,7 @@ class Supervisor:
         self._logs_dir.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         log_path = self._logs_dir / f"{model_name}-{stamp}-{os.getpid()}-{time.monotonic_ns()}.log"
-        exit_path = log_path.with_suffix(".exit.json")
+        exit_path = log_path.with_suffix(EXIT_SUFFIX)
         shim = [sys.executable, "-m", "gpuwarden.shim", str(exit_path), "--", program, *argv[1:]]
         kwargs: dict[str, object] = {}
         if sys.platform == "win32":

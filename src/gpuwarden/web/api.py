@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from gpuwarden.config import RUNTIME_SETTING_RANGES
 from gpuwarden.controller import Controller
 
 router = APIRouter(prefix="/api", tags=["api"])
@@ -32,8 +33,11 @@ class LoadRequest(BaseModel):
 class SettingsUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    memory_threshold_mib: int | None = Field(default=None, ge=0, le=10_000_000)
-    refresh_interval_seconds: int | None = Field(default=None, ge=1, le=86_400)
+    memory_threshold_mib: int | None = Field(default=None, ge=RUNTIME_SETTING_RANGES["memory_threshold_mib"][0],
+                                             le=RUNTIME_SETTING_RANGES["memory_threshold_mib"][1])
+    refresh_interval_seconds: int | None = Field(default=None,
+                                                 ge=RUNTIME_SETTING_RANGES["refresh_interval_seconds"][0],
+                                                 le=RUNTIME_SETTING_RANGES["refresh_interval_seconds"][1])
 
 
 def requester(request: Request, given: str | None) -> str:

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 
+from gpuwarden.config import RUNTIME_SETTING_RANGES, runtime_setting_in_range
 from gpuwarden.controller import Controller, ControllerError, ModelView, StateUnavailable
 from gpuwarden.web import views
 from gpuwarden.web.api import get_controller, requester
@@ -109,15 +110,17 @@ def save_settings(request: Request, controller: ControllerDep,
                   refresh_interval_seconds: Annotated[str, Form()] = "") -> HTMLResponse:
     problems = []
     values: dict[str, int] = {}
-    for key, raw, low, high in (("memory_threshold_mib", memory_threshold_mib, 0, 10_000_000),
-                                ("refresh_interval_seconds", refresh_interval_seconds, 1, 86_400)):
+    for key, raw in (("memory_threshold_mib", memory_threshold_mib),
+                     ("refresh_interval_seconds", refresh_interval_seconds)):
         text = raw.strip()
         if not text:
             continue
-        if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
+        value = int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else None
+        if not runtime_setting_in_range(value, key):
+            low, high = RUNTIME_SETTING_RANGES[key]
             problems.append(f"{key} must be a whole number from {low} to {high}")
             continue
-        values[key] = int(text)
+        values[key] = value
     message = "; ".join(problems) if problems else None
     if values and not problems:
         try:
