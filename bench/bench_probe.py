@@ -21,10 +21,10 @@ sys.path.insert(0, str(ROOT / "src"))
 from gpuwarden.classify import classify  # noqa: E402
 from gpuwarden.config import load_settings  # noqa: E402
 from gpuwarden.controller import Controller  # noqa: E402
-from gpuwarden.model import Snapshot  # noqa: E402
 from gpuwarden.probe.assemble import build_snapshot  # noqa: E402
 from gpuwarden.probe.mock import MockSource  # noqa: E402
 from gpuwarden.probe.parse import parse_output  # noqa: E402
+from gpuwarden.records import Snapshot  # noqa: E402
 from gpuwarden.store import Store  # noqa: E402
 from gpuwarden.supervisor import Supervisor  # noqa: E402
 

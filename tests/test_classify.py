@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from gpuwarden.classify import classify
-from gpuwarden.model import GpuProcess, GpuReading, GpuState, PlacementView, Snapshot
+from gpuwarden.records import GpuProcess, GpuReading, GpuState, PlacementView, Snapshot
 
 NOW = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 

@@ -28,8 +28,8 @@ from gpuwarden.controller import (
     build_controller,
     parse_selection,
 )
-from gpuwarden.model import GpuState
 from gpuwarden.probe import make_source
+from gpuwarden.records import GpuState
 from gpuwarden.store import Store
 from gpuwarden.supervisor import Supervisor
 from tests.conftest import FAKE_MODELS, FakeSmi, make_settings, model_command

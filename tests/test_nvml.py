@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from gpuwarden.classify import classify
-from gpuwarden.model import GpuState
-from gpuwarden.owners import PsutilLookup
 from gpuwarden.probe import SmiSource, make_source
 from gpuwarden.probe.nvml import NvmlSource
+from gpuwarden.probe.users import PsutilLookup
+from gpuwarden.records import GpuState
 from tests.conftest import FakeSmi, make_settings
 
 MIB = 1024 * 1024

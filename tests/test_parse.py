@@ -12,7 +12,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpuwarden.model import OutputKind
 from gpuwarden.probe.parse import (
     NvidiaSmiParseError,
     detect_kind,
@@ -20,6 +19,7 @@ from gpuwarden.probe.parse import (
     parse_mib,
     parse_output,
 )
+from gpuwarden.records import OutputKind
 from tests.conftest import H200, PUBLIC
 
 SIDECARS = sorted(PUBLIC.glob("*.json"))

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gpuwarden.owners import PsutilLookup, names_match
 from gpuwarden.probe import SmiSource
 from gpuwarden.probe.smi import NvidiaSmiNotFound, find_nvidia_smi, windows_candidates
+from gpuwarden.probe.users import PsutilLookup, names_match
 from tests.conftest import FakeSmi
 
 

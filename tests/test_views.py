@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from gpuwarden.classify import classify
 from gpuwarden.controller import ModelView
-from gpuwarden.model import GpuReading, PlacementView, Snapshot
+from gpuwarden.records import GpuReading, PlacementView, Snapshot
 from gpuwarden.web.views import buttons_for, duration_label, interval_label
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from gpuwarden.model import GpuProcess, GpuReading, GpuState, PlacementView, Snapshot
+from gpuwarden.records import GpuProcess, GpuReading, GpuState, PlacementView, Snapshot
 
 CPU_INDEX = "CPU"
 

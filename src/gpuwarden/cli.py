@@ -18,7 +18,7 @@ from gpuwarden import __version__
 from gpuwarden.classify import StatusDocument
 from gpuwarden.config import RUNTIME_SETTING_RANGES, ConfigError, Settings, load_settings
 from gpuwarden.controller import Controller, ControllerError, ModelView, build_controller, current_user
-from gpuwarden.model import GpuState
+from gpuwarden.records import GpuState
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2

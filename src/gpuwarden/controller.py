@@ -20,8 +20,8 @@ from typing import Any
 
 from gpuwarden.classify import StatusDocument, classify
 from gpuwarden.config import ModelConfig, Settings, runtime_setting_in_range
-from gpuwarden.model import GpuState, PlacementView, Snapshot
 from gpuwarden.probe import GpuSource, utc_now
+from gpuwarden.records import GpuState, PlacementView, Snapshot
 from gpuwarden.store import PlacementRecord, Store, StoreError
 from gpuwarden.supervisor import (
     Launched,

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Protocol
 
 from gpuwarden.config import Settings
-from gpuwarden.model import Snapshot
-from gpuwarden.owners import ProcessLookup, PsutilLookup, snapshot_with_users
 from gpuwarden.probe.assemble import build_snapshot, cpu_snapshot
 from gpuwarden.probe.mock import MockSource
 from gpuwarden.probe.nvml import NvmlSource
 from gpuwarden.probe.parse import NvidiaSmiParseError, parse_output
 from gpuwarden.probe.smi import QUERY_ARGS, NvidiaSmiFailed, NvidiaSmiNotFound, find_nvidia_smi, run_nvidia_smi
+from gpuwarden.probe.users import ProcessLookup, PsutilLookup, snapshot_with_users
+from gpuwarden.records import Snapshot
 
 
 class GpuSource(Protocol):

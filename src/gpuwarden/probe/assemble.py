@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 
-from gpuwarden.model import GpuProcess, GpuReading, OutputKind, ParsedOutput, Snapshot
 from gpuwarden.probe.parse import normalize_bus_id
+from gpuwarden.records import GpuProcess, GpuReading, OutputKind, ParsedOutput, Snapshot
 
 
 def build_snapshot(outputs: Sequence[ParsedOutput], taken_at: datetime, source: str) -> Snapshot:

@@ -8,9 +8,9 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
-from gpuwarden.model import Snapshot
 from gpuwarden.probe.assemble import build_snapshot, cpu_snapshot
 from gpuwarden.probe.parse import NvidiaSmiParseError, parse_output
+from gpuwarden.records import Snapshot
 
 MAX_MOCK_BYTES = 16 * 1024 * 1024
 

@@ -16,10 +16,10 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from gpuwarden.model import GpuProcess, GpuReading, OutputKind, ParsedOutput, Snapshot
-from gpuwarden.owners import ProcessLookup, snapshot_with_users
 from gpuwarden.probe.assemble import build_snapshot
 from gpuwarden.probe.parse import normalize_bus_id
+from gpuwarden.probe.users import ProcessLookup, snapshot_with_users
+from gpuwarden.records import GpuProcess, GpuReading, OutputKind, ParsedOutput, Snapshot
 
 MIB = 1024 * 1024
 

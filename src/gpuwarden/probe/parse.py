@@ -12,7 +12,7 @@ import re
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Sequence
 
-from gpuwarden.model import GpuProcess, GpuReading, OutputKind, ParsedOutput
+from gpuwarden.records import GpuProcess, GpuReading, OutputKind, ParsedOutput
 
 
 class NvidiaSmiParseError(ValueError):

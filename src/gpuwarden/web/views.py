@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from gpuwarden.classify import GpuStatus, StatusDocument
 from gpuwarden.controller import ModelView
-from gpuwarden.model import GpuState
+from gpuwarden.records import GpuState
 
 BOLT = "\u26a1"
 

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import psutil
 
-from gpuwarden.model import GpuProcess, Snapshot
+from gpuwarden.records import GpuProcess, Snapshot
 
 
 class ProcessLookup(Protocol):
