@@ -323,7 +323,7 @@ def test_locked_state_database(fake_smi: FakeSmi, tmp_path: Path) -> None:
 
 
 def test_health_url_gates_running(fake_smi: FakeSmi, tmp_path: Path) -> None:
-    models = [{"name": "web", "command": [sys.executable, "-m", "gpuwarden.demo_model", "--port", "{port}",
+    models = [{"name": "web", "command": [sys.executable, "-m", "gpuwarden.demo.model_server", "--port", "{port}",
                                           "--startup-seconds", "1"],
                "health_url": "http://127.0.0.1:{port}/health", "startup_timeout_seconds": 30},
               {"name": "never", "command": model_command(), "health_url": "http://127.0.0.1:{port}/health",

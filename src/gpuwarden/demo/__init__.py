@@ -1,4 +1,9 @@
-"""Built-in demo data: the seed's two-GPU output and two harmless demo models."""
+"""The built-in demo (``gpuwarden serve --demo``): the seed's two-GPU recording and two harmless demo models.
+
+The package holds everything the demo needs: these settings, the demo model server
+(:mod:`gpuwarden.demo.model_server`) and, in an installed wheel, the recording ``gpu.txt``
+(in a checkout it is the seed's ``data/gpu.txt``).
+"""
 
 from __future__ import annotations
 
@@ -12,16 +17,16 @@ DEMO_SMI_NAME = "gpu.txt"
 
 
 def demo_smi_path() -> Path:
-    """``data/gpu.txt``: packaged with the wheel, or beside the source in a checkout."""
-    packaged = Path(__file__).parent / "data" / DEMO_SMI_NAME
+    """``gpu.txt`` in this package (an installed wheel), else the checkout's ``data/gpu.txt``."""
+    packaged = Path(__file__).parent / DEMO_SMI_NAME
     if packaged.is_file():
         return packaged
-    return Path(__file__).resolve().parents[2] / "data" / DEMO_SMI_NAME
+    return Path(__file__).resolve().parents[3] / "data" / DEMO_SMI_NAME
 
 
 def demo_overrides() -> dict[str, Any]:
     """Settings for ``serve --demo``: mock GPUs, demo models, a state directory of its own."""
-    command = [sys.executable, "-m", "gpuwarden.demo_model", "--port", "{port}"]
+    command = [sys.executable, "-m", "gpuwarden.demo.model_server", "--port", "{port}"]
     return {
         "mock_smi": demo_smi_path(),
         "mock_smi_text": None,

@@ -1,4 +1,5 @@
-"""A harmless stand-in for a model server, used by ``gpuwarden serve --demo`` and the tests.
+"""A harmless stand-in for a model server, used by ``gpuwarden serve --demo`` and the tests
+(``python -m gpuwarden.demo.model_server``).
 
 It serves ``GET /health`` (200) and ``GET /`` (which GPUs it was given) on ``--port``, logs a line
 now and then, and exits cleanly on SIGTERM / Ctrl+C. It loads nothing and downloads nothing.
