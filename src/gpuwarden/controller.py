@@ -20,6 +20,7 @@ from typing import Any
 
 from gpuwarden.classify import StatusDocument, classify
 from gpuwarden.config import ModelConfig, Settings, runtime_setting_in_range
+from gpuwarden.launch import health_url, needs_port, plan_launch
 from gpuwarden.probe import GpuSource, utc_now
 from gpuwarden.records import GpuState, PlacementView, Snapshot
 from gpuwarden.store import PlacementRecord, Store, StoreError
@@ -35,7 +36,6 @@ from gpuwarden.supervisor import (
     process_tree,
     read_exit_file,
     stop_tree,
-    substitute,
 )
 
 CPU_SELECTION = "cpu"
@@ -355,22 +355,13 @@ class Controller:
         return tuple(gpu.uuid for gpu in (document.gpu(i) for i in indexes) if gpu is not None)
 
     def _launch(self, spec: ModelConfig, indexes: tuple[int, ...]) -> tuple[Launched, int | None]:
-        needs_port = any("{port}" in part for part in (*spec.command, *spec.env.values(), spec.health_url or ""))
-        port = free_port() if needs_port else None
-        values = placeholders(spec.name, indexes, port)
-        argv = [substitute(part, values) for part in spec.command]
-        env = dict(os.environ)
-        env.update({key: substitute(value, values) for key, value in spec.env.items()})
-        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, indexes))
-        env["GPUWARDEN_MODEL"] = spec.name
-        for key in [k for k in env if k.upper().startswith("GPUWARDEN_") and k != "GPUWARDEN_MODEL"]:
-            del env[key]  # the model must not inherit gpuwarden's own settings (mock mode etc.)
-        cwd = spec.cwd or self.settings.state_dir
+        plan = plan_launch(spec, indexes, port=free_port() if needs_port(spec) else None, base_env=os.environ,
+                           default_cwd=self.settings.state_dir, python=sys.executable)
         try:
-            return self.supervisor.launch(model_name=spec.name, argv=argv, env=env, cwd=cwd), port
+            launched = self.supervisor.launch(model_name=plan.model_name, argv=plan.argv, env=plan.env, cwd=plan.cwd)
         except LaunchError as error:
             raise ControllerError(str(error)) from None
+        return launched, plan.port
 
     def unload(self, name: str) -> ModelView:
         """Stop the model's whole process tree (graceful, then forced) and free its GPUs. A model
@@ -469,8 +460,9 @@ class Controller:
         return record, "failed", None, "the model's process disappeared (killed?)"
 
     def _healthy(self, spec: ModelConfig, record: PlacementRecord, elapsed_seconds: float) -> bool:
-        if spec.health_url:
-            return health_ok(substitute(spec.health_url, placeholders(spec.name, record.gpu_indexes, record.port)))
+        url = health_url(spec, record.gpu_indexes, record.port, sys.executable)
+        if url is not None:
+            return health_ok(url)
         return elapsed_seconds >= spec.startup_grace_seconds
 
     def stop_all(self) -> None:
@@ -479,11 +471,6 @@ class Controller:
             if view.loaded:
                 with contextlib.suppress(ControllerError):
                     self.unload(view.name)
-
-
-def placeholders(model: str, indexes: Sequence[int], port: int | None) -> dict[str, str]:
-    """The values of ``{port}``, ``{gpus}``, ``{model}`` and ``{python}`` in a model's command, env and health URL."""
-    return {"port": str(port or ""), "gpus": ",".join(map(str, indexes)), "model": model, "python": sys.executable}
 
 
 def _unconfigured_view(record: PlacementRecord) -> ModelView:

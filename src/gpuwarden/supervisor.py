@@ -54,14 +54,6 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def substitute(template: str, values: Mapping[str, str]) -> str:
-    """Replace ``{name}`` placeholders; unknown braces are left as they are (no format-string tricks)."""
-    result = template
-    for key, value in values.items():
-        result = result.replace("{" + key + "}", value)
-    return result
-
-
 def resolve_program(program: str, cwd: Path, path_env: str | None) -> str | None:
     """The executable a command's first word names, or None if it does not exist."""
     candidate = Path(program)
