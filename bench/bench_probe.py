@@ -24,9 +24,9 @@ from gpuwarden.controller import Controller  # noqa: E402
 from gpuwarden.probe.assemble import build_snapshot  # noqa: E402
 from gpuwarden.probe.mock import MockSource  # noqa: E402
 from gpuwarden.probe.parse import parse_output  # noqa: E402
+from gpuwarden.process.host import LocalProcessHost  # noqa: E402
 from gpuwarden.records import Snapshot  # noqa: E402
 from gpuwarden.store import Store  # noqa: E402
-from gpuwarden.supervisor import Supervisor  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures" / "nvidia-smi"
 TITAN_COLUMNS = ("index", "uuid", "name", "temperature.gpu", "utilization.gpu", "memory.used", "memory.total")
@@ -64,7 +64,7 @@ def concurrent_refresh(clients: int) -> tuple[int, float]:
     with tempfile.TemporaryDirectory() as state:
         settings = load_settings(environ={}, overrides={"state_dir": state})
         source = SlowSource()
-        controller = Controller(settings, source, Store(Path(state) / "g.db"), Supervisor(Path(state) / "logs"))
+        controller = Controller(settings, source, Store(Path(state) / "g.db"), LocalProcessHost(Path(state) / "logs"))
         barrier = threading.Barrier(clients)
 
         def poll() -> None:

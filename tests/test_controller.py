@@ -29,9 +29,9 @@ from gpuwarden.controller import (
     parse_selection,
 )
 from gpuwarden.probe import make_source
+from gpuwarden.process.host import LocalProcessHost
 from gpuwarden.records import GpuState
 from gpuwarden.store import Store
-from gpuwarden.supervisor import Supervisor
 from tests.conftest import FAKE_MODELS, FakeSmi, make_settings, model_command
 
 
@@ -306,7 +306,7 @@ def test_damaged_row_in_state_database(fake_smi: FakeSmi, tmp_path: Path) -> Non
 def test_locked_state_database(fake_smi: FakeSmi, tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "state", models=FAKE_MODELS)
     controller = Controller(settings, make_source(settings), Store(tmp_path / "state" / "gpuwarden.db", 0.5),
-                            Supervisor(tmp_path / "state" / "logs"))
+                            LocalProcessHost(tmp_path / "state" / "logs"))
     controller.status()
     holder = sqlite3.connect(tmp_path / "state" / "gpuwarden.db", isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")

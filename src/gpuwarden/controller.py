@@ -22,21 +22,9 @@ from gpuwarden.classify import StatusDocument, classify
 from gpuwarden.config import ModelConfig, Settings, runtime_setting_in_range
 from gpuwarden.launch import health_url, needs_port, plan_launch
 from gpuwarden.probe import GpuSource, utc_now
+from gpuwarden.process import Launched, LaunchError, ProcessHost
 from gpuwarden.records import GpuState, PlacementView, Snapshot
 from gpuwarden.store import PlacementRecord, Store, StoreError
-from gpuwarden.supervisor import (
-    Launched,
-    LaunchError,
-    Supervisor,
-    exit_path_for,
-    free_port,
-    health_ok,
-    is_alive,
-    log_tail,
-    process_tree,
-    read_exit_file,
-    stop_tree,
-)
 
 CPU_SELECTION = "cpu"
 
@@ -146,12 +134,12 @@ class ModelView:
 class Controller:
     """Status, load, unload. Thread-safe; safe beside other processes using the same state_dir."""
 
-    def __init__(self, settings: Settings, source: GpuSource, store: Store, supervisor: Supervisor,
+    def __init__(self, settings: Settings, source: GpuSource, store: Store, processes: ProcessHost,
                  clock: Callable[[], datetime] = utc_now) -> None:
         self.settings = settings
         self.source = source
         self.store = store
-        self.supervisor = supervisor
+        self.processes = processes
         self.clock = clock
         self.memory_threshold_mib = settings.memory_threshold_mib
         self.refresh_interval_seconds = settings.refresh_interval_seconds
@@ -253,7 +241,7 @@ class Controller:
     def _placement_views(self, records: Sequence[PlacementRecord]) -> list[PlacementView]:
         return [
             PlacementView(model_name=r.model_name, gpu_indexes=r.gpu_indexes,
-                          own_pids=process_tree(r.pid, r.process_start_time) if r.pid else frozenset())
+                          own_pids=self.processes.tree(r.pid, r.process_start_time) if r.pid else frozenset())
             for r in records
         ]
 
@@ -355,10 +343,11 @@ class Controller:
         return tuple(gpu.uuid for gpu in (document.gpu(i) for i in indexes) if gpu is not None)
 
     def _launch(self, spec: ModelConfig, indexes: tuple[int, ...]) -> tuple[Launched, int | None]:
-        plan = plan_launch(spec, indexes, port=free_port() if needs_port(spec) else None, base_env=os.environ,
-                           default_cwd=self.settings.state_dir, python=sys.executable)
+        port = self.processes.free_port() if needs_port(spec) else None
+        plan = plan_launch(spec, indexes, port=port, base_env=os.environ, default_cwd=self.settings.state_dir,
+                           python=sys.executable)
         try:
-            launched = self.supervisor.launch(model_name=plan.model_name, argv=plan.argv, env=plan.env, cwd=plan.cwd)
+            launched = self.processes.launch(model_name=plan.model_name, argv=plan.argv, env=plan.env, cwd=plan.cwd)
         except LaunchError as error:
             raise ControllerError(str(error)) from None
         return launched, plan.port
@@ -379,14 +368,14 @@ class Controller:
         self._changed()
         for record in mine:
             if record.pid:
-                stop_tree(record.pid, record.process_start_time, self.settings.unload_timeout_seconds)
+                self.processes.stop(record.pid, record.process_start_time, self.settings.unload_timeout_seconds)
         try:
             with self.store.exclusive() as tx:
                 for record in mine:
-                    exit_record = read_exit_file(exit_path_for(record.log_file))
+                    exit_record = self.processes.exit_record(record.log_file)
                     tx.finish_placement(record.id, state="stopped", ended_at=self.clock(),
                                         exit_code=exit_record.exit_code if exit_record else None, error=None,
-                                        log_tail=log_tail(record.log_file))
+                                        log_tail=self.processes.log_tail(record.log_file))
         except StoreError as error:
             raise StateUnavailable(f"model {name} was stopped but its state could not be saved: {error}") from None
         self.snapshot(fresh=True)
@@ -401,7 +390,7 @@ class Controller:
         At start-up this re-adopts placements whose process still runs (same PID *and* start time)
         and marks the rest stopped.
         """
-        self.supervisor.reap()
+        self.processes.reap()
         try:
             with self.store.read() as tx:
                 active = tx.active_placements()
@@ -412,7 +401,7 @@ class Controller:
         promote: list[PlacementRecord] = []
         now = self.clock()
         for record in active:
-            alive = record.pid is not None and is_alive(record.pid, record.process_start_time)
+            alive = record.pid is not None and self.processes.alive(record.pid, record.process_start_time)
             if not alive:
                 outcomes.append(self._ending(record, at_startup))
                 continue
@@ -423,7 +412,7 @@ class Controller:
             if spec is None or self._healthy(spec, record, elapsed):
                 promote.append(record)
             elif elapsed > spec.startup_timeout_seconds:
-                stop_tree(record.pid or 0, record.process_start_time, self.settings.unload_timeout_seconds)
+                self.processes.stop(record.pid or 0, record.process_start_time, self.settings.unload_timeout_seconds)
                 outcomes.append((record, "failed", None,
                                  f"health check did not pass within {spec.startup_timeout_seconds:g} s; stopped"))
         changed = bool(outcomes or promote)
@@ -434,7 +423,7 @@ class Controller:
                         tx.mark_running(record.id)
                     for record, state, code, error in outcomes:
                         tx.finish_placement(record.id, state=state, ended_at=now, exit_code=code, error=error,
-                                            log_tail=log_tail(record.log_file))
+                                            log_tail=self.processes.log_tail(record.log_file))
                     generation = tx.generation()
             except StoreError:
                 return False
@@ -447,7 +436,7 @@ class Controller:
         return changed
 
     def _ending(self, record: PlacementRecord, at_startup: bool) -> tuple[PlacementRecord, str, int | None, str | None]:
-        exit_record = read_exit_file(exit_path_for(record.log_file))
+        exit_record = self.processes.exit_record(record.log_file)
         if record.state == "stopping":
             return record, "stopped", exit_record.exit_code if exit_record else None, None
         if exit_record is not None:
@@ -462,7 +451,7 @@ class Controller:
     def _healthy(self, spec: ModelConfig, record: PlacementRecord, elapsed_seconds: float) -> bool:
         url = health_url(spec, record.gpu_indexes, record.port, sys.executable)
         if url is not None:
-            return health_ok(url)
+            return self.processes.healthy(url)
         return elapsed_seconds >= spec.startup_grace_seconds
 
     def stop_all(self) -> None:
@@ -494,10 +483,11 @@ def current_user() -> str | None:
 def build_controller(settings: Settings, source: GpuSource | None = None) -> Controller:
     """The factory every entry point uses: source from settings, store and logs under state_dir."""
     from gpuwarden.probe import make_source
+    from gpuwarden.process.host import LocalProcessHost
 
     return Controller(
         settings=settings,
         source=source or make_source(settings),
         store=Store(settings.state_dir / "gpuwarden.db"),
-        supervisor=Supervisor(settings.state_dir / "logs"),
+        processes=LocalProcessHost(settings.state_dir / "logs"),
     )

@@ -1,4 +1,4 @@
-"""The launcher every model runs under: ``python -m gpuwarden.shim EXIT_FILE -- ARGV...``.
+"""The launcher every model runs under: ``python -m gpuwarden.process.shim EXIT_FILE -- ARGV...``.
 
 It starts the model's command, waits for it and writes the exit code to EXIT_FILE, so gpuwarden
 learns how a model ended even when gpuwarden itself was not running at the time (it was
@@ -9,25 +9,18 @@ on to the model.
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import FrameType
 
-
-def write_exit_file(path: Path, exit_code: int | None, error: str | None) -> None:
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps({"exit_code": exit_code, "error": error, "ended_at": time.time()}),
-                         encoding="utf-8")
-    temporary.replace(path)
+from gpuwarden.process.exitrecord import write_exit_record
 
 
 def main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[1] != "--":
-        print("usage: python -m gpuwarden.shim EXIT_FILE -- COMMAND...", file=sys.stderr)
+        print("usage: python -m gpuwarden.process.shim EXIT_FILE -- COMMAND...", file=sys.stderr)
         return 2
     exit_file = Path(argv[0])
     command = argv[2:]
@@ -36,7 +29,7 @@ def main(argv: list[str]) -> int:
     except OSError as error:
         message = f"cannot start {command[0]!r}: {error.strerror or error}"
         print(f"gpuwarden: {message}", file=sys.stderr, flush=True)
-        write_exit_file(exit_file, 127, message)
+        write_exit_record(exit_file, 127, message)
         return 127
 
     def forward(signum: int, frame: FrameType | None) -> None:
@@ -49,7 +42,7 @@ def main(argv: list[str]) -> int:
                 signal.signal(getattr(signal, name), forward)
     code = child.wait()
     print(f"gpuwarden: model process exited with code {code}", file=sys.stderr, flush=True)
-    write_exit_file(exit_file, code, None)
+    write_exit_record(exit_file, code, None)
     return 0
 
 

@@ -1,0 +1,68 @@
+"""The interface between the controller and the operating system's processes.
+
+A process is named by its PID *and* its start time everywhere: a PID the OS reused for another
+program is never mistaken for a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from gpuwarden.process.exitrecord import ExitRecord
+
+
+class LaunchError(Exception):
+    """The model's command could not be started; nothing was left running."""
+
+
+@dataclass(frozen=True)
+class Launched:
+    """A model process that was started: its launcher's PID and start time, and its files."""
+
+    pid: int
+    start_time: float
+    log_path: Path
+    exit_path: Path
+
+
+class ProcessHost(Protocol):
+    """Launch, watch and stop model process trees. Never raises for a process that is gone."""
+
+    def launch(self, *, model_name: str, argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> Launched:
+        """Start ``argv`` detached, under the launcher, logging to a new file. Raises LaunchError."""
+        ...
+
+    def alive(self, pid: int, start_time: float | None) -> bool:
+        """The same process (PID and start time) still runs and is not a zombie."""
+        ...
+
+    def tree(self, pid: int, start_time: float | None) -> frozenset[int]:
+        """The PIDs of a model: its launcher and every descendant (empty if it is gone)."""
+        ...
+
+    def stop(self, pid: int, start_time: float | None, timeout_seconds: float) -> None:
+        """Stop the whole tree: ask first, kill what is left after ``timeout_seconds``."""
+        ...
+
+    def healthy(self, url: str) -> bool:
+        """An HTTP health check: True for any 2xx answer."""
+        ...
+
+    def exit_record(self, log_path: Path | None) -> ExitRecord | None:
+        """How the model whose log is ``log_path`` ended, as its launcher recorded it (None: not yet)."""
+        ...
+
+    def log_tail(self, log_path: Path | None) -> str | None:
+        """The last lines of a model's log."""
+        ...
+
+    def free_port(self) -> int:
+        """A TCP port free on this machine now (the ``{port}`` placeholder)."""
+        ...
+
+    def reap(self) -> None:
+        """Collect children of this process that ended (no zombies left behind)."""
+        ...

@@ -1,0 +1,163 @@
+"""The real :class:`~gpuwarden.process.base.ProcessHost`: start, watch and stop model process trees,
+portably (psutil; no POSIX-only calls on Windows paths).
+
+A model runs under :mod:`gpuwarden.process.shim`, started detached (its own session / process group) so
+it outlives the gpuwarden process that started it. A process is identified by PID *and* start
+time, so a PID the OS reused for another program is never mistaken for a model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import psutil
+
+from gpuwarden.process.base import Launched, LaunchError
+from gpuwarden.process.exitrecord import ExitRecord, exit_path_for, read_exit_record
+
+START_TIME_TOLERANCE_SECONDS = 0.5
+LOG_TAIL_LINES = 20
+LOG_TAIL_BYTES = 16 * 1024
+
+
+def resolve_program(program: str, cwd: Path, path_env: str | None) -> str | None:
+    """The executable a command's first word names, or None if it does not exist."""
+    candidate = Path(program)
+    if candidate.is_absolute() or os.sep in program or (os.altsep and os.altsep in program):
+        full = candidate if candidate.is_absolute() else cwd / candidate
+        return str(full) if full.is_file() else None
+    return shutil.which(program, path=path_env)
+
+
+def process_start_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.Error, OSError, ValueError):
+        return None
+
+
+def _detach_options() -> dict[str, object]:
+    """Start a model in its own session / process group, with no console window on Windows, so it
+    outlives the gpuwarden process (or terminal) that started it."""
+    if sys.platform == "win32":
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)}
+    else:  # a platform branch, not a bare return: mypy checks each platform on its own
+        return {"start_new_session": True}
+
+
+class LocalProcessHost:
+    """The processes of this machine. Keeps the Popen of each child it started so the OS can reap it."""
+
+    def __init__(self, logs_dir: Path) -> None:
+        self._logs_dir = logs_dir
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+
+    def launch(self, *, model_name: str, argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> Launched:
+        program = resolve_program(argv[0], cwd, env.get("PATH"))
+        if program is None:
+            raise LaunchError(f"model {model_name}: command not found: {argv[0]!r}")
+        if not cwd.is_dir():
+            raise LaunchError(f"model {model_name}: working directory {cwd} does not exist")
+        self._logs_dir.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        log_path = self._logs_dir / f"{model_name}-{stamp}-{os.getpid()}-{time.monotonic_ns()}.log"
+        exit_path = exit_path_for(log_path)
+        assert exit_path is not None
+        shim = [sys.executable, "-m", "gpuwarden.process.shim", str(exit_path), "--", program, *argv[1:]]
+        try:
+            with log_path.open("ab") as log:
+                child = subprocess.Popen(shim, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         env=dict(env), cwd=str(cwd),
+                                         **_detach_options())  # type: ignore[call-overload]
+        except OSError as error:
+            raise LaunchError(f"model {model_name}: cannot start: {error.strerror or error}") from None
+        self._children[child.pid] = child
+        start_time = process_start_time(child.pid)
+        if start_time is None:
+            child.poll()
+            raise LaunchError(f"model {model_name}: its process ended at once; see {log_path}")
+        return Launched(pid=child.pid, start_time=start_time, log_path=log_path, exit_path=exit_path)
+
+    def alive(self, pid: int, start_time: float | None) -> bool:
+        try:
+            process = psutil.Process(pid)
+            if start_time is not None and abs(process.create_time() - start_time) > START_TIME_TOLERANCE_SECONDS:
+                return False
+            return process.status() != psutil.STATUS_ZOMBIE
+        except (psutil.Error, OSError, ValueError):
+            return False
+
+    def tree(self, pid: int, start_time: float | None) -> frozenset[int]:
+        if not self.alive(pid, start_time):
+            return frozenset()
+        try:
+            root = psutil.Process(pid)
+            return frozenset([pid, *(child.pid for child in root.children(recursive=True))])
+        except (psutil.Error, OSError):
+            return frozenset()
+
+    def stop(self, pid: int, start_time: float | None, timeout_seconds: float) -> None:
+        """Graceful first (SIGTERM; on Windows TerminateProcess is all there is for a detached
+        console-less process), forced (kill) after ``timeout_seconds``."""
+        if not self.alive(pid, start_time):
+            return
+        try:
+            root = psutil.Process(pid)
+            members = [*root.children(recursive=True), root]
+        except (psutil.Error, OSError):
+            return
+        for member in members:
+            with contextlib.suppress(psutil.Error, OSError):
+                member.terminate()
+        _gone, alive = psutil.wait_procs(members, timeout=timeout_seconds)
+        for member in alive:
+            with contextlib.suppress(psutil.Error, OSError):
+                member.kill()
+        psutil.wait_procs(alive, timeout=5)
+
+    def healthy(self, url: str, timeout_seconds: float = 2.0) -> bool:
+        if not url.startswith(("http://", "https://")):
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_seconds) as response:  # noqa: S310 (config URL)
+                return 200 <= int(response.status) < 300
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    def exit_record(self, log_path: Path | None) -> ExitRecord | None:
+        return read_exit_record(exit_path_for(log_path))
+
+    def log_tail(self, log_path: Path | None, lines: int = LOG_TAIL_LINES) -> str | None:
+        """A bounded read of the log's end."""
+        if log_path is None:
+            return None
+        try:
+            with log_path.open("rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                size = handle.tell()
+                handle.seek(max(0, size - LOG_TAIL_BYTES))
+                data = handle.read()
+        except OSError:
+            return None
+        text = data.decode("utf-8", errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def free_port(self) -> int:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            return int(probe.getsockname()[1])
+
+    def reap(self) -> None:
+        for pid, child in list(self._children.items()):
+            if child.poll() is not None:
+                del self._children[pid]
