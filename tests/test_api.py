@@ -185,3 +185,15 @@ async def test_models_keep_running_when_the_server_stops_unless_configured(fake_
         assert controller.models()[0].state == expected
         if stop is False:
             controller.unload("alpha")
+
+
+def test_every_domain_error_has_its_http_status() -> None:
+    from gpuwarden import errors
+    from gpuwarden.web.app import http_status_for
+
+    expected = {"ControllerError": 500, "UnknownModel": 404, "BadSelection": 422, "LoadRefused": 409,
+                "NotLoaded": 409, "StateUnavailable": 503, "LaunchFailed": 500}
+    kinds = {name: kind for name, kind in vars(errors).items()
+             if isinstance(kind, type) and issubclass(kind, errors.ControllerError)}
+    assert set(kinds) == set(expected)  # a new domain error must be given its status here
+    assert {name: http_status_for(kind("x")) for name, kind in kinds.items()} == expected

@@ -17,16 +17,14 @@ from typing import Any
 import psutil
 import pytest
 
-from gpuwarden.controller import (
+from gpuwarden.controller import Controller, build_controller, parse_selection
+from gpuwarden.errors import (
     BadSelection,
-    Controller,
     ControllerError,
     LoadRefused,
     NotLoaded,
     StateUnavailable,
     UnknownModel,
-    build_controller,
-    parse_selection,
 )
 from gpuwarden.probe import make_source
 from gpuwarden.process.host import LocalProcessHost

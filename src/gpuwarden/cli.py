@@ -17,7 +17,8 @@ import click
 from gpuwarden import __version__
 from gpuwarden.classify import StatusDocument
 from gpuwarden.config import RUNTIME_SETTING_RANGES, ConfigError, Settings, load_settings
-from gpuwarden.controller import Controller, ControllerError, ModelView, build_controller, current_user
+from gpuwarden.controller import Controller, ModelView, build_controller, current_user
+from gpuwarden.errors import ControllerError
 from gpuwarden.records import GpuState
 
 EXIT_FAILED = 1

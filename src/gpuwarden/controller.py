@@ -20,6 +20,15 @@ from typing import Any
 
 from gpuwarden.classify import StatusDocument, classify
 from gpuwarden.config import ModelConfig, Settings, runtime_setting_in_range
+from gpuwarden.errors import (
+    BadSelection,
+    ControllerError,
+    LaunchFailed,
+    LoadRefused,
+    NotLoaded,
+    StateUnavailable,
+    UnknownModel,
+)
 from gpuwarden.launch import health_url, needs_port, plan_launch
 from gpuwarden.probe import GpuSource, utc_now
 from gpuwarden.process import Launched, LaunchError, ProcessHost
@@ -27,32 +36,6 @@ from gpuwarden.records import GpuState, PlacementView, Snapshot
 from gpuwarden.store import PlacementRecord, Store, StoreError
 
 CPU_SELECTION = "cpu"
-
-
-class ControllerError(Exception):
-    """A request could not be carried out; the message says why. ``status_code`` maps to HTTP."""
-
-    status_code = 500
-
-
-class UnknownModel(ControllerError):
-    status_code = 404
-
-
-class BadSelection(ControllerError):
-    status_code = 422
-
-
-class LoadRefused(ControllerError):
-    status_code = 409
-
-
-class NotLoaded(ControllerError):
-    status_code = 409
-
-
-class StateUnavailable(ControllerError):
-    status_code = 503
 
 
 def parse_selection(value: object) -> tuple[int, ...] | None:
@@ -349,7 +332,7 @@ class Controller:
         try:
             launched = self.processes.launch(model_name=plan.model_name, argv=plan.argv, env=plan.env, cwd=plan.cwd)
         except LaunchError as error:
-            raise ControllerError(str(error)) from None
+            raise LaunchFailed(str(error)) from None
         return launched, plan.port
 
     def unload(self, name: str) -> ModelView:

@@ -18,11 +18,33 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from gpuwarden import __version__
-from gpuwarden.controller import Controller, ControllerError
+from gpuwarden.controller import Controller
+from gpuwarden.errors import (
+    BadSelection,
+    ControllerError,
+    LaunchFailed,
+    LoadRefused,
+    NotLoaded,
+    StateUnavailable,
+    UnknownModel,
+)
 from gpuwarden.web import api, pages
 
 MONITOR_INTERVAL_SECONDS = 1.0
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+# Domain errors carry no HTTP codes; this is where they get them (most specific class first).
+HTTP_STATUS_FOR_ERROR: tuple[tuple[type[ControllerError], int], ...] = (
+    (UnknownModel, 404),
+    (BadSelection, 422),
+    (LoadRefused, 409),
+    (NotLoaded, 409),
+    (StateUnavailable, 503),
+    (LaunchFailed, 500),
+)
+
+
+def http_status_for(error: ControllerError) -> int:
+    return next((status for kind, status in HTTP_STATUS_FOR_ERROR if isinstance(error, kind)), 500)
 
 
 class Monitor:
@@ -80,7 +102,7 @@ def create_app(controller: Controller, *, monitor: bool = True) -> FastAPI:
 
     @app.exception_handler(ControllerError)
     async def controller_error(request: Request, error: ControllerError) -> JSONResponse:
-        return JSONResponse(status_code=error.status_code, content={"detail": str(error)})
+        return JSONResponse(status_code=http_status_for(error), content={"detail": str(error)})
 
     if controller.settings.host in LOOPBACK_NAMES:
         # Served on loopback only: refuse other Host names, so a web page that rebinds its own DNS

@@ -18,7 +18,8 @@ from fastapi.responses import FileResponse, HTMLResponse, Response, StreamingRes
 from fastapi.templating import Jinja2Templates
 
 from gpuwarden.config import RUNTIME_SETTING_RANGES, runtime_setting_in_range
-from gpuwarden.controller import Controller, ControllerError, ModelView, StateUnavailable
+from gpuwarden.controller import Controller, ModelView
+from gpuwarden.errors import ControllerError, StateUnavailable
 from gpuwarden.web import views
 from gpuwarden.web.api import get_controller, requester
 from gpuwarden.web.assets import AssetMissing, vendor_file

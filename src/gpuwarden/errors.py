@@ -1,0 +1,34 @@
+"""The errors a use case reports to whoever asked: a person at the CLI, the dashboard or an API
+client. Each message is a sentence that says why. They carry no transport details: the web layer
+maps them to HTTP status codes, the CLI to exit codes.
+"""
+
+from __future__ import annotations
+
+
+class ControllerError(Exception):
+    """A request could not be carried out; the message says why."""
+
+
+class UnknownModel(ControllerError):
+    """No model of that name is configured."""
+
+
+class BadSelection(ControllerError):
+    """The GPU selection cannot be understood, or names GPUs that do not exist."""
+
+
+class LoadRefused(ControllerError):
+    """The load is not safe now (a GPU is busy, the model already runs)."""
+
+
+class NotLoaded(ControllerError):
+    """The model is not loaded, so there is nothing to unload."""
+
+
+class StateUnavailable(ControllerError):
+    """The state database cannot be used (corrupt, locked, unwritable)."""
+
+
+class LaunchFailed(ControllerError):
+    """The model's command could not be started; nothing was left running."""
