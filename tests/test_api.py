@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from gpuwarden.controller import Controller, build_controller
+from gpuwarden.records import parse_selection
 from gpuwarden.web.app import create_app
 from tests.conftest import FAKE_MODELS, FakeSmi, make_settings
 
@@ -177,7 +178,7 @@ async def test_models_keep_running_when_the_server_stops_unless_configured(fake_
         controller = make_controller(tmp_path / str(stop), stop_models_on_exit=stop)
         app = create_app(controller)
         async with app.router.lifespan_context(app):  # the server starts (monitor) and stops
-            controller.load("alpha", "0")
+            controller.load("alpha", parse_selection("0"))
             for _ in range(100):
                 if controller.models()[0].state == "running":
                     break

@@ -17,7 +17,7 @@ from typing import Any
 import psutil
 import pytest
 
-from gpuwarden.controller import Controller, build_controller, parse_selection
+from gpuwarden.controller import Controller, build_controller
 from gpuwarden.errors import (
     BadSelection,
     ControllerError,
@@ -28,7 +28,7 @@ from gpuwarden.errors import (
 )
 from gpuwarden.probe import make_source
 from gpuwarden.process.host import LocalProcessHost
-from gpuwarden.records import GpuState
+from gpuwarden.records import GpuState, Selection, parse_selection
 from gpuwarden.store import Store
 from tests.conftest import FAKE_MODELS, FakeSmi, make_settings, model_command
 
@@ -62,7 +62,7 @@ def model_pids(fake_smi: FakeSmi, gpus: list[int] | None = None) -> list[int]:
     ("1", (1,)), ("0,1", (0, 1)), (" 0 , 2 ", (0, 2)), ([0, 1], (0, 1)), (["3"], (3,)), ("cpu", None),
     ("CPU", None), (["cpu"], None)])
 def test_parse_selection(value: object, expected: tuple[int, ...] | None) -> None:
-    assert parse_selection(value) == expected
+    assert parse_selection(value) == (Selection.cpu() if expected is None else Selection(expected))
 
 
 @pytest.mark.parametrize(("value", "message"), [
@@ -75,7 +75,7 @@ def test_bad_selections(value: object, message: str) -> None:
 
 def test_load_marks_model_loaded_and_disables_gpu_for_others(fake_smi: FakeSmi, tmp_path: Path) -> None:
     controller = controller_for(tmp_path / "state")
-    view = controller.load("alpha", "0", requested_by="alice")
+    view = controller.load("alpha", parse_selection("0"), requested_by="alice")
     assert (view.state, view.gpu_indexes, view.requested_by) == ("starting", (0,), "alice")
     assert wait_for(lambda: model_pids(fake_smi, [0]))  # the model really runs with CUDA_VISIBLE_DEVICES=0
     gpu0 = controller.status(refresh=True).gpu(0)
@@ -83,9 +83,9 @@ def test_load_marks_model_loaded_and_disables_gpu_for_others(fake_smi: FakeSmi, 
     assert (gpu0.state, gpu0.model_name, gpu0.loadable) == (GpuState.MODEL_LOADED, "alpha", False)
     assert [p.model_name for p in gpu0.process_info] == ["alpha"]  # its process is its own, not foreign
     with pytest.raises(LoadRefused, match="GPU 0 holds model alpha"):
-        controller.load("beta", "0")
+        controller.load("beta", parse_selection("0"))
     with pytest.raises(LoadRefused, match="already loaded"):
-        controller.load("alpha", "1")
+        controller.load("alpha", parse_selection("1"))
     assert wait_for(lambda: (controller.reconcile(), controller.models()[0].state)[1] == "running")
     controller.unload("alpha")
     assert controller.status().gpu(0).state is GpuState.IDLE  # type: ignore[union-attr]
@@ -102,7 +102,7 @@ def test_environment_given_to_the_model(fake_smi: FakeSmi, tmp_path: Path) -> No
     controller = controller_for(tmp_path / "state", models)
     os.environ["GPUWARDEN_MOCK_SMI"] = "leak"
     try:
-        view = controller.load("env", "0,1")
+        view = controller.load("env", parse_selection("0,1"))
     finally:
         del os.environ["GPUWARDEN_MOCK_SMI"]
     assert wait_for(out.exists)
@@ -120,7 +120,7 @@ def test_foreign_process_appearing_before_load_is_refused(fake_smi: FakeSmi, tmp
     assert controller.status(refresh=True).gpu(1).loadable  # type: ignore[union-attr]  # user sees idle GPU 1
     intruder = fake_smi.add_foreign("1", mib=800, name="python3")  # ... someone starts a job meanwhile
     with pytest.raises(LoadRefused) as refused:
-        controller.load("alpha", "1")
+        controller.load("alpha", parse_selection("1"))
     message = str(refused.value)
     assert "GPU 1" in message and "occupied by someone else" in message
     assert f"PID {intruder.pid}" in message and "python3" in message and psutil.Process().username() in message
@@ -138,7 +138,7 @@ def test_concurrent_loads_onto_one_gpu_exactly_one_wins(fake_smi: FakeSmi, tmp_p
     def attempt(i: int) -> None:
         barrier.wait()
         try:
-            controllers[i % 2].load(f"m{i}", "0")
+            controllers[i % 2].load(f"m{i}", parse_selection("0"))
             results.append("ok")
         except ControllerError as error:
             results.append(type(error).__name__)
@@ -159,13 +159,13 @@ def test_concurrent_loads_onto_one_gpu_exactly_one_wins(fake_smi: FakeSmi, tmp_p
 
 def test_multi_gpu_load_marks_both_and_unload_frees_both(fake_smi: FakeSmi, tmp_path: Path) -> None:
     controller = controller_for(tmp_path / "state")
-    controller.load("gamma", [0, 1])
+    controller.load("gamma", parse_selection([0, 1]))
     assert wait_for(lambda: len(model_pids(fake_smi)) == 2)  # the model and its child (a tree)
     status = controller.status(refresh=True)
     assert [(g.state, g.model_name) for g in status.gpus] == [(GpuState.MODEL_LOADED, "gamma")] * 2
     for other in ("0", "1"):
         with pytest.raises(LoadRefused, match="holds model gamma"):
-            controller.load("alpha", other)
+            controller.load("alpha", parse_selection(other))
     controller.unload("gamma")
     assert wait_for(lambda: not model_pids(fake_smi), 5)  # the whole tree is gone, grandchild included
     assert [g.state for g in controller.status().gpus] == [GpuState.IDLE] * 2
@@ -174,7 +174,7 @@ def test_multi_gpu_load_marks_both_and_unload_frees_both(fake_smi: FakeSmi, tmp_
 def test_unload_forces_a_model_that_ignores_sigterm(fake_smi: FakeSmi, tmp_path: Path) -> None:
     models = [{"name": "stubborn", "command": model_command("--ignore-term")}]
     controller = controller_for(tmp_path / "state", models)
-    controller.load("stubborn", "0")
+    controller.load("stubborn", parse_selection("0"))
     assert wait_for(lambda: model_pids(fake_smi))
     started = time.monotonic()
     controller.unload("stubborn")
@@ -186,7 +186,7 @@ def test_unload_forces_a_model_that_ignores_sigterm(fake_smi: FakeSmi, tmp_path:
 
 def test_killed_model_is_failed_and_freed_within_seconds(fake_smi: FakeSmi, tmp_path: Path) -> None:
     controller = controller_for(tmp_path / "state")
-    controller.load("alpha", "1")
+    controller.load("alpha", parse_selection("1"))
     assert wait_for(lambda: model_pids(fake_smi, [1]))
     [pid] = model_pids(fake_smi, [1])
     os.kill(pid, signal.SIGKILL)
@@ -202,14 +202,14 @@ def test_killed_model_is_failed_and_freed_within_seconds(fake_smi: FakeSmi, tmp_
 def test_model_that_exits_with_an_error_is_failed(fake_smi: FakeSmi, tmp_path: Path) -> None:
     models = [{"name": "crashy", "command": model_command("--exit-after", "0.3", "--exit-code", "7")}]
     controller = controller_for(tmp_path / "state", models)
-    controller.load("crashy", "0")
+    controller.load("crashy", parse_selection("0"))
     assert wait_for(lambda: (controller.reconcile(), controller.models()[0].state)[1] == "failed")
     assert controller.models()[0].exit_code == 7
 
 
 def test_restart_readopts_running_model(fake_smi: FakeSmi, tmp_path: Path) -> None:
     first = controller_for(tmp_path / "state")
-    first.load("alpha", "0")
+    first.load("alpha", parse_selection("0"))
     assert wait_for(lambda: model_pids(fake_smi, [0]))
     del first  # gpuwarden stops; the model keeps running
     second = controller_for(tmp_path / "state")
@@ -248,7 +248,7 @@ def test_missing_command_is_a_clear_error_and_leaves_nothing(fake_smi: FakeSmi, 
     controller = controller_for(tmp_path / "state", models)
     for name in ("ghost", "ghost2"):
         with pytest.raises(ControllerError, match="command not found"):
-            controller.load(name, "0")
+            controller.load(name, parse_selection("0"))
     with controller.store.read() as tx:
         assert tx.active_placements() == []
     assert controller.status().gpu(0).state is GpuState.IDLE  # type: ignore[union-attr]
@@ -257,9 +257,9 @@ def test_missing_command_is_a_clear_error_and_leaves_nothing(fake_smi: FakeSmi, 
 def test_unknown_model_and_bad_gpu_index(fake_smi: FakeSmi, tmp_path: Path) -> None:
     controller = controller_for(tmp_path / "state")
     with pytest.raises(UnknownModel, match="unknown model"):
-        controller.load("nope", "0")
+        controller.load("nope", parse_selection("0"))
     with pytest.raises(BadSelection, match="GPU 5 does not exist"):
-        controller.load("alpha", "5")
+        controller.load("alpha", parse_selection("5"))
 
 
 def test_cpu_load_and_cpu_mode(fake_smi: FakeSmi, tmp_path: Path) -> None:
@@ -267,8 +267,8 @@ def test_cpu_load_and_cpu_mode(fake_smi: FakeSmi, tmp_path: Path) -> None:
     controller = controller_for(tmp_path / "state")
     assert controller.status(refresh=True).cpu_mode
     with pytest.raises(LoadRefused, match="no GPU available"):
-        controller.load("alpha", "0")
-    view = controller.load("alpha", "cpu")
+        controller.load("alpha", parse_selection("0"))
+    view = controller.load("alpha", parse_selection("cpu"))
     assert view.on_cpu and view.gpu_indexes == ()
     assert wait_for(lambda: model_pids(fake_smi, []))  # CUDA_VISIBLE_DEVICES was empty
     controller.unload("alpha")
@@ -284,7 +284,7 @@ def test_corrupt_state_database(fake_smi: FakeSmi, tmp_path: Path) -> None:
     with pytest.raises(StateUnavailable, match="unusable"):
         controller.models()
     with pytest.raises(StateUnavailable):
-        controller.load("alpha", "0")
+        controller.load("alpha", parse_selection("0"))
     assert not model_pids(fake_smi)
     assert (state / "gpuwarden.db").read_bytes().startswith(b"this is not a database")  # nothing lost
 
@@ -298,7 +298,7 @@ def test_damaged_row_in_state_database(fake_smi: FakeSmi, tmp_path: Path) -> Non
     status = controller.status()
     assert status.total_gpus == 2 and any("damaged" in w for w in status.warnings)
     with pytest.raises(StateUnavailable, match="damaged"):
-        controller.load("alpha", "0")
+        controller.load("alpha", parse_selection("0"))
 
 
 def test_locked_state_database(fake_smi: FakeSmi, tmp_path: Path) -> None:
@@ -311,7 +311,7 @@ def test_locked_state_database(fake_smi: FakeSmi, tmp_path: Path) -> None:
     try:
         started = time.monotonic()
         with pytest.raises(StateUnavailable, match="busy or locked"):
-            controller.load("alpha", "0")
+            controller.load("alpha", parse_selection("0"))
         assert time.monotonic() - started < 5
         assert controller.status(refresh=True).total_gpus == 2
     finally:
@@ -327,11 +327,11 @@ def test_health_url_gates_running(fake_smi: FakeSmi, tmp_path: Path) -> None:
               {"name": "never", "command": model_command(), "health_url": "http://127.0.0.1:{port}/health",
                "startup_timeout_seconds": 1}]
     controller = controller_for(tmp_path / "state", models)
-    controller.load("web", "0")
+    controller.load("web", parse_selection("0"))
     controller.reconcile()
     assert controller.models()[0].state == "starting"
     assert wait_for(lambda: (controller.reconcile(), controller.models()[0].state)[1] == "running", 15)
-    controller.load("never", "1")
+    controller.load("never", parse_selection("1"))
     assert wait_for(lambda: (controller.reconcile(), controller.models()[1].state)[1] == "failed", 10)
     assert "health check did not pass" in (controller.models()[1].error or "")
     assert not model_pids(fake_smi, [1])
@@ -339,7 +339,7 @@ def test_health_url_gates_running(fake_smi: FakeSmi, tmp_path: Path) -> None:
 
 
 def test_model_removed_from_config_can_still_be_unloaded(fake_smi: FakeSmi, tmp_path: Path) -> None:
-    controller_for(tmp_path / "state").load("alpha", "0")
+    controller_for(tmp_path / "state").load("alpha", parse_selection("0"))
     assert wait_for(lambda: model_pids(fake_smi, [0]))
     reconfigured = controller_for(tmp_path / "state", [m for m in FAKE_MODELS if m["name"] != "alpha"])
     reconfigured.reconcile(at_startup=True)

@@ -5,16 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from gpuwarden.classify import classify
-from gpuwarden.controller import ModelView
-from gpuwarden.records import GpuReading, PlacementView, Snapshot
+from gpuwarden.records import GpuReading, ModelState, ModelView, PlacementView, Snapshot
 from gpuwarden.web.views import buttons_for, duration_label, interval_label
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
 
 
 def view(name: str, state: str = "not_loaded", gpus: tuple[int, ...] = ()) -> ModelView:
-    return ModelView(name, "", 1, state, gpus, 1 if state != "not_loaded" else None, None, None, None, None, None,
-                     None, None, None, None)
+    return ModelView(name, "", 1, ModelState(state), gpus, 1 if state != "not_loaded" else None, None, None, None,
+                     None, None, None, None, None, None)
 
 
 def status(placements: tuple[PlacementView, ...] = ()) -> object:

@@ -17,9 +17,9 @@ import click
 from gpuwarden import __version__
 from gpuwarden.classify import StatusDocument
 from gpuwarden.config import RUNTIME_SETTING_RANGES, ConfigError, Settings, load_settings
-from gpuwarden.controller import Controller, ModelView, build_controller, current_user
+from gpuwarden.controller import Controller, build_controller, current_user
 from gpuwarden.errors import ControllerError
-from gpuwarden.records import GpuState
+from gpuwarden.records import GpuState, ModelView, parse_selection
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
@@ -91,7 +91,7 @@ def format_models(models: list[ModelView]) -> str:
         gpus = ",".join(map(str, view.gpu_indexes)) if view.gpu_indexes else ("cpu" if view.loaded else "-")
         uptime = "-" if view.uptime_seconds is None else _duration(view.uptime_seconds)
         detail = view.error or (f"requested by {view.requested_by}" if view.loaded and view.requested_by else "")
-        lines.append(f"{_safe(view.name):<24} {view.state:<11} {gpus:<8} {view.pid or '-':>8}  {uptime:>9}  "
+        lines.append(f"{_safe(view.name):<24} {view.state.value:<11} {gpus:<8} {view.pid or '-':>8}  {uptime:>9}  "
                      f"{_safe(detail)}")
     return "\n".join(lines)
 
@@ -162,7 +162,7 @@ def load(ctx: click.Context, model: str, gpus: str | None) -> None:
     """Load MODEL onto idle GPUs (re-checked right before the load)."""
     controller = _controller(ctx)
     try:
-        selection: object = gpus if gpus is not None else controller.default_selection(model)
+        selection = parse_selection(gpus) if gpus is not None else None
         view = controller.load(model, selection, requested_by=current_user())
     except ControllerError as error:
         _fail(ctx, error)

@@ -14,9 +14,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
-from typing import Any
 
 from gpuwarden.classify import StatusDocument, classify
 from gpuwarden.config import ModelConfig, Settings, runtime_setting_in_range
@@ -32,86 +31,11 @@ from gpuwarden.errors import (
 from gpuwarden.launch import health_url, needs_port, plan_launch
 from gpuwarden.probe import GpuSource, utc_now
 from gpuwarden.process import Launched, LaunchError, ProcessHost
-from gpuwarden.records import GpuState, PlacementView, Snapshot
+from gpuwarden.records import GpuState, ModelState, ModelView, PlacementView, Selection, Snapshot
 from gpuwarden.store import PlacementRecord, Store, StoreError
 
-CPU_SELECTION = "cpu"
-
-
-def parse_selection(value: object) -> tuple[int, ...] | None:
-    """``"1"``, ``"0,1"``, ``[0, 1]``, ``"cpu"`` -> GPU indexes, or None for CPU. Raises BadSelection."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text.lower() == CPU_SELECTION:
-            return None
-        parts: list[object] = [part.strip() for part in text.split(",")] if text else []
-    elif isinstance(value, (list, tuple)):
-        if len(value) == 1 and isinstance(value[0], str) and value[0].strip().lower() == CPU_SELECTION:
-            return None
-        parts = list(value)
-    else:
-        raise BadSelection("GPU selection must be a string like '0,1', a list of indexes, or 'cpu'")
-    if not parts:
-        raise BadSelection("GPU selection is empty: choose at least one GPU, or 'cpu'")
-    if len(parts) > 64:
-        raise BadSelection("GPU selection names too many GPUs")
-    indexes: list[int] = []
-    for part in parts:
-        if isinstance(part, bool):
-            raise BadSelection(f"invalid GPU index {part!r}")
-        if isinstance(part, int):
-            index = part
-        elif isinstance(part, str) and part.isascii() and part.isdigit() and len(part) <= 4:
-            index = int(part)
-        else:
-            raise BadSelection(f"invalid GPU index {str(part)[:20]!r}: use numbers like '0,1' or 'cpu'")
-        if index < 0 or index > 4095:
-            raise BadSelection(f"invalid GPU index {index}")
-        if index in indexes:
-            raise BadSelection(f"GPU {index} is selected twice")
-        indexes.append(index)
-    return tuple(indexes)
-
-
-@dataclass(frozen=True)
-class ModelView:
-    """A configured model and what it is doing now."""
-
-    name: str
-    description: str
-    default_gpus: int
-    state: str  # not_loaded | starting | running | stopping | stopped | failed
-    gpu_indexes: tuple[int, ...]
-    pid: int | None
-    port: int | None
-    started_at: datetime | None
-    ended_at: datetime | None
-    requested_by: str | None
-    exit_code: int | None
-    error: str | None
-    log_tail: str | None
-    log_path: str | None
-    uptime_seconds: float | None
-
-    @property
-    def loaded(self) -> bool:
-        return self.state in ("starting", "running", "stopping")
-
-    @property
-    def on_cpu(self) -> bool:
-        return self.loaded and not self.gpu_indexes
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name, "description": self.description, "default_gpus": self.default_gpus,
-            "state": self.state, "gpus": list(self.gpu_indexes), "cpu": self.on_cpu, "pid": self.pid,
-            "port": self.port,
-            "started_at": self.started_at.isoformat() if self.started_at else None,
-            "ended_at": self.ended_at.isoformat() if self.ended_at else None,
-            "requested_by": self.requested_by, "exit_code": self.exit_code, "error": self.error,
-            "log_tail": self.log_tail, "log_path": self.log_path,
-            "uptime_seconds": round(self.uptime_seconds, 1) if self.uptime_seconds is not None else None,
-        }
+# What reconcile decided for a placement whose process ended: new state, exit code, error.
+Outcome = tuple[PlacementRecord, ModelState, int | None, str | None]
 
 
 class Controller:
@@ -209,18 +133,6 @@ class Controller:
             self._changed()  # other dashboards learn of it without waiting for their own poll
         return snapshot
 
-    def default_selection(self, name: str) -> object:
-        """The first idle GPUs, as many as the model wants by default (or 'cpu' in CPU mode)."""
-        spec = self.model_spec(name)
-        document = self.status(refresh=True)
-        if document.cpu_mode or spec.default_gpus == 0:
-            return CPU_SELECTION
-        idle = [gpu.index for gpu in document.gpus if gpu.loadable]
-        if len(idle) < spec.default_gpus:
-            raise LoadRefused(f"model {name} wants {spec.default_gpus} GPU(s); idle now: "
-                              f"{', '.join(map(str, idle)) or 'none'}; choose GPUs explicitly")
-        return idle[: spec.default_gpus]
-
     def _placement_views(self, records: Sequence[PlacementRecord]) -> list[PlacementView]:
         return [
             PlacementView(model_name=r.model_name, gpu_indexes=r.gpu_indexes,
@@ -251,8 +163,7 @@ class Controller:
         for spec in self.settings.models:
             record = latest.get(spec.name)
             if record is None:
-                views.append(ModelView(spec.name, spec.description, spec.default_gpus, "not_loaded", (), None, None,
-                                       None, None, None, None, None, None, None, None))
+                views.append(ModelView.not_loaded(spec.name, spec.description, spec.default_gpus))
                 continue
             uptime = (now - record.started_at).total_seconds() if record.active else None
             views.append(ModelView(
@@ -272,10 +183,10 @@ class Controller:
 
     # ----------------------------------------------------------------- load / unload
 
-    def load(self, name: str, selection: object, requested_by: str | None = None) -> ModelView:
-        """Validate, then under the machine-wide lock: fresh probe, refuse unsafe GPUs, start, record."""
+    def load(self, name: str, selection: Selection | None = None, requested_by: str | None = None) -> ModelView:
+        """Under the machine-wide lock: fresh probe, choose the default GPUs if none were selected,
+        refuse unsafe GPUs, start, record."""
         spec = self.model_spec(name)
-        indexes = parse_selection(selection)
         self.reconcile()
         with self._load_lock:
             try:
@@ -286,44 +197,19 @@ class Controller:
                         where = ", ".join(map(str, mine[0].gpu_indexes)) or "CPU"
                         raise LoadRefused(f"model {name} is already loaded ({mine[0].state}, on GPU {where});"
                                           " unload it first")
-                    snapshot = self.snapshot(fresh=True)
-                    uuids = self._check_gpus(indexes, snapshot, active)
-                    launched, port = self._launch(spec, indexes or ())
+                    document = classify(self.snapshot(fresh=True), self.memory_threshold_mib,
+                                        self._placement_views(active))
+                    chosen = selection or _default_selection(spec, document)
+                    uuids = _check_gpus(chosen, document)
+                    launched, port = self._launch(spec, chosen.gpu_indexes)
                     tx.insert_placement(
-                        model_name=name, gpu_indexes=indexes or (), gpu_uuids=uuids, pid=launched.pid,
+                        model_name=name, gpu_indexes=chosen.gpu_indexes, gpu_uuids=uuids, pid=launched.pid,
                         process_start_time=launched.start_time, port=port, started_at=self.clock(),
                         requested_by=requested_by, log_path=str(launched.log_path))
             except StoreError as error:
                 raise StateUnavailable(f"cannot load {name}: {error}") from None
         self._changed()
         return next(view for view in self.models() if view.name == name)
-
-    def _check_gpus(self, indexes: tuple[int, ...] | None, snapshot: Snapshot,
-                    active: Sequence[PlacementRecord]) -> tuple[str | None, ...]:
-        if indexes is None:
-            return ()
-        document = classify(snapshot, self.memory_threshold_mib, self._placement_views(active))
-        if document.cpu_mode:
-            raise LoadRefused(f"no GPU available ({document.error}); load onto 'cpu' instead")
-        missing = [i for i in indexes if document.gpu(i) is None]
-        if missing:
-            existing = ", ".join(str(g.index) for g in document.gpus)
-            raise BadSelection(f"GPU {', '.join(map(str, missing))} does not exist (GPUs here: {existing})")
-        problems = []
-        for index in indexes:
-            gpu = document.gpu(index)
-            assert gpu is not None
-            if gpu.state is GpuState.IDLE:
-                continue
-            if gpu.state is GpuState.MODEL_LOADED:
-                problems.append(f"GPU {index} holds model {gpu.model_name}")
-            elif gpu.state is GpuState.OCCUPIED_BY_OTHERS:
-                problems.append(f"GPU {index} is {gpu.reason}")
-            else:
-                problems.append(f"GPU {index} is unavailable: {gpu.reason}")
-        if problems:
-            raise LoadRefused("refused: " + "; ".join(problems))
-        return tuple(gpu.uuid for gpu in (document.gpu(i) for i in indexes) if gpu is not None)
 
     def _launch(self, spec: ModelConfig, indexes: tuple[int, ...]) -> tuple[Launched, int | None]:
         port = self.processes.free_port() if needs_port(spec) else None
@@ -345,7 +231,7 @@ class Controller:
                     self.model_spec(name)
                     raise NotLoaded(f"model {name} is not loaded")
                 for record in mine:
-                    tx.set_state(record.id, "stopping")
+                    tx.set_state(record.id, ModelState.STOPPING)
         except StoreError as error:
             raise StateUnavailable(f"cannot unload {name}: {error}") from None
         self._changed()
@@ -356,7 +242,7 @@ class Controller:
             with self.store.exclusive() as tx:
                 for record in mine:
                     exit_record = self.processes.exit_record(record.log_file)
-                    tx.finish_placement(record.id, state="stopped", ended_at=self.clock(),
+                    tx.finish_placement(record.id, state=ModelState.STOPPED, ended_at=self.clock(),
                                         exit_code=exit_record.exit_code if exit_record else None, error=None,
                                         log_tail=self.processes.log_tail(record.log_file))
         except StoreError as error:
@@ -380,7 +266,7 @@ class Controller:
                 generation = tx.generation()
         except StoreError:
             return False
-        outcomes: list[tuple[PlacementRecord, str, int | None, str | None]] = []
+        outcomes: list[Outcome] = []
         promote: list[PlacementRecord] = []
         now = self.clock()
         for record in active:
@@ -388,7 +274,7 @@ class Controller:
             if not alive:
                 outcomes.append(self._ending(record, at_startup))
                 continue
-            if record.state != "starting":
+            if record.state is not ModelState.STARTING:
                 continue
             spec = self.settings.model(record.model_name)
             elapsed = (now - record.started_at).total_seconds()
@@ -396,7 +282,7 @@ class Controller:
                 promote.append(record)
             elif elapsed > spec.startup_timeout_seconds:
                 self.processes.stop(record.pid or 0, record.process_start_time, self.settings.unload_timeout_seconds)
-                outcomes.append((record, "failed", None,
+                outcomes.append((record, ModelState.FAILED, None,
                                  f"health check did not pass within {spec.startup_timeout_seconds:g} s; stopped"))
         changed = bool(outcomes or promote)
         if changed:
@@ -418,18 +304,18 @@ class Controller:
             self._changed()
         return changed
 
-    def _ending(self, record: PlacementRecord, at_startup: bool) -> tuple[PlacementRecord, str, int | None, str | None]:
+    def _ending(self, record: PlacementRecord, at_startup: bool) -> Outcome:
         exit_record = self.processes.exit_record(record.log_file)
-        if record.state == "stopping":
-            return record, "stopped", exit_record.exit_code if exit_record else None, None
+        if record.state is ModelState.STOPPING:
+            return record, ModelState.STOPPED, exit_record.exit_code if exit_record else None, None
         if exit_record is not None:
             code = exit_record.exit_code
             if code == 0:
-                return record, "stopped", 0, "the model exited by itself (exit code 0)"
-            return record, "failed", code, exit_record.error or f"the model exited with code {code}"
+                return record, ModelState.STOPPED, 0, "the model exited by itself (exit code 0)"
+            return record, ModelState.FAILED, code, exit_record.error or f"the model exited with code {code}"
         if at_startup:
-            return record, "stopped", None, "not running when gpuwarden started (machine restarted?)"
-        return record, "failed", None, "the model's process disappeared (killed?)"
+            return record, ModelState.STOPPED, None, "not running when gpuwarden started (machine restarted?)"
+        return record, ModelState.FAILED, None, "the model's process disappeared (killed?)"
 
     def _healthy(self, spec: ModelConfig, record: PlacementRecord, elapsed_seconds: float) -> bool:
         url = health_url(spec, record.gpu_indexes, record.port, sys.executable)
@@ -445,8 +331,47 @@ class Controller:
                     self.unload(view.name)
 
 
+def _default_selection(spec: ModelConfig, document: StatusDocument) -> Selection:
+    """The first idle GPUs, as many as the model wants by default (the CPU in CPU mode)."""
+    if document.cpu_mode or spec.default_gpus == 0:
+        return Selection.cpu()
+    idle = [gpu.index for gpu in document.gpus if gpu.loadable]
+    if len(idle) < spec.default_gpus:
+        raise LoadRefused(f"model {spec.name} wants {spec.default_gpus} GPU(s); idle now: "
+                          f"{', '.join(map(str, idle)) or 'none'}; choose GPUs explicitly")
+    return Selection(tuple(idle[: spec.default_gpus]))
+
+
+def _check_gpus(selection: Selection, document: StatusDocument) -> tuple[str | None, ...]:
+    """Refuse a selection that is not safe now; the uuids of the selected GPUs otherwise."""
+    if selection.on_cpu:
+        return ()
+    indexes = selection.gpu_indexes
+    if document.cpu_mode:
+        raise LoadRefused(f"no GPU available ({document.error}); load onto 'cpu' instead")
+    missing = [i for i in indexes if document.gpu(i) is None]
+    if missing:
+        existing = ", ".join(str(g.index) for g in document.gpus)
+        raise BadSelection(f"GPU {', '.join(map(str, missing))} does not exist (GPUs here: {existing})")
+    problems = []
+    for index in indexes:
+        gpu = document.gpu(index)
+        assert gpu is not None
+        if gpu.state is GpuState.IDLE:
+            continue
+        if gpu.state is GpuState.MODEL_LOADED:
+            problems.append(f"GPU {index} holds model {gpu.model_name}")
+        elif gpu.state is GpuState.OCCUPIED_BY_OTHERS:
+            problems.append(f"GPU {index} is {gpu.reason}")
+        else:
+            problems.append(f"GPU {index} is unavailable: {gpu.reason}")
+    if problems:
+        raise LoadRefused("refused: " + "; ".join(problems))
+    return tuple(gpu.uuid for gpu in (document.gpu(i) for i in indexes) if gpu is not None)
+
+
 def _unconfigured_view(record: PlacementRecord) -> ModelView:
-    return ModelView(record.model_name, "(no longer configured)", 0, "stopped", record.gpu_indexes, record.pid,
+    return ModelView(record.model_name, "(no longer configured)", 0, ModelState.STOPPED, record.gpu_indexes, record.pid,
                      record.port, record.started_at, None, record.requested_by, None, None, None, record.log_path,
                      None)
 

@@ -1,4 +1,5 @@
-"""Frozen records shared by every layer: what nvidia-smi told us, and what gpuwarden decided.
+"""Frozen records shared by every layer: what nvidia-smi told us, what gpuwarden decided, where a
+user wants a model (:class:`Selection`) and what a model is doing (:class:`ModelState`, :class:`ModelView`).
 
 Nothing here performs I/O. Values nvidia-smi does not give (``[N/A]``, ``[Not Supported]``, an
 empty cell) are ``None``, never a crash and never a made-up number.
@@ -9,6 +10,13 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
+
+from gpuwarden.errors import BadSelection
+
+CPU_SELECTION = "cpu"
+MAX_GPU_INDEX = 4095
+MAX_SELECTED_GPUS = 64
 
 
 class OutputKind(enum.Enum):
@@ -104,3 +112,138 @@ class PlacementView:
     model_name: str
     gpu_indexes: tuple[int, ...]
     own_pids: frozenset[int] = field(default_factory=frozenset)
+
+
+class ModelState(enum.StrEnum):
+    """Where a configured model is in its lifecycle: starting -> running -> stopping -> stopped, or failed."""
+
+    NOT_LOADED = "not_loaded"  # never loaded (no placement recorded)
+    STARTING = "starting"  # launched; its health check has not passed yet
+    RUNNING = "running"
+    STOPPING = "stopping"  # an unload is stopping its process tree
+    STOPPED = "stopped"
+    FAILED = "failed"  # exited with an error, vanished, or never became healthy
+
+    @property
+    def active(self) -> bool:
+        """It holds its GPUs: starting, running or stopping."""
+        return self in (ModelState.STARTING, ModelState.RUNNING, ModelState.STOPPING)
+
+
+ACTIVE_MODEL_STATES: tuple[ModelState, ...] = tuple(state for state in ModelState if state.active)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Where a user wants a model: these GPU indexes, or the CPU (no index). Build it with
+    :func:`parse_selection` from untrusted input, or :meth:`gpus` / :meth:`cpu` in code."""
+
+    gpu_indexes: tuple[int, ...]
+
+    @classmethod
+    def cpu(cls) -> Selection:
+        return cls(())
+
+    @classmethod
+    def gpus(cls, *indexes: int) -> Selection:
+        return parse_selection(list(indexes))
+
+    @property
+    def on_cpu(self) -> bool:
+        return not self.gpu_indexes
+
+    def __str__(self) -> str:
+        return "cpu" if self.on_cpu else ",".join(map(str, self.gpu_indexes))
+
+
+def _selection_parts(value: object) -> list[object] | None:
+    """The parts of a selection, or None for the CPU. Raises BadSelection for other shapes."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() == CPU_SELECTION:
+            return None
+        return [part.strip() for part in text.split(",")] if text else []
+    if isinstance(value, (list, tuple)):
+        if len(value) == 1 and isinstance(value[0], str) and value[0].strip().lower() == CPU_SELECTION:
+            return None
+        return list(value)
+    raise BadSelection("GPU selection must be a string like '0,1', a list of indexes, or 'cpu'")
+
+
+def _gpu_index(part: object) -> int:
+    if isinstance(part, bool):
+        raise BadSelection(f"invalid GPU index {part!r}")
+    if isinstance(part, int):
+        index = part
+    elif isinstance(part, str) and part.isascii() and part.isdigit() and len(part) <= 4:
+        index = int(part)
+    else:
+        raise BadSelection(f"invalid GPU index {str(part)[:20]!r}: use numbers like '0,1' or 'cpu'")
+    if index < 0 or index > MAX_GPU_INDEX:
+        raise BadSelection(f"invalid GPU index {index}")
+    return index
+
+
+def parse_selection(value: object) -> Selection:
+    """``"1"``, ``"0,1"``, ``[0, 1]``, ``"cpu"`` -> a Selection. Untrusted input: booleans, floats,
+    duplicates, negative or huge indexes and anything else raise BadSelection."""
+    parts = _selection_parts(value)
+    if parts is None:
+        return Selection.cpu()
+    if not parts:
+        raise BadSelection("GPU selection is empty: choose at least one GPU, or 'cpu'")
+    if len(parts) > MAX_SELECTED_GPUS:
+        raise BadSelection("GPU selection names too many GPUs")
+    indexes: list[int] = []
+    for part in parts:
+        index = _gpu_index(part)
+        if index in indexes:
+            raise BadSelection(f"GPU {index} is selected twice")
+        indexes.append(index)
+    return Selection(tuple(indexes))
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """A configured model and what it is doing now."""
+
+    name: str
+    description: str
+    default_gpus: int
+    state: ModelState
+    gpu_indexes: tuple[int, ...]
+    pid: int | None
+    port: int | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    requested_by: str | None
+    exit_code: int | None
+    error: str | None
+    log_tail: str | None
+    log_path: str | None
+    uptime_seconds: float | None
+
+    @classmethod
+    def not_loaded(cls, name: str, description: str, default_gpus: int) -> ModelView:
+        return cls(name, description, default_gpus, ModelState.NOT_LOADED, (), None, None, None, None, None, None,
+                   None, None, None, None)
+
+    @property
+    def loaded(self) -> bool:
+        return self.state.active
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.loaded and not self.gpu_indexes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "description": self.description, "default_gpus": self.default_gpus,
+            "state": self.state.value, "gpus": list(self.gpu_indexes), "cpu": self.on_cpu, "pid": self.pid,
+            "port": self.port,
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "ended_at": self.ended_at.isoformat() if self.ended_at else None,
+            "requested_by": self.requested_by, "exit_code": self.exit_code, "error": self.error,
+            "log_tail": self.log_tail, "log_path": self.log_path,
+            "uptime_seconds": round(self.uptime_seconds, 1) if self.uptime_seconds is not None else None,
+        }

@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gpuwarden.records import ACTIVE_MODEL_STATES, ModelState
+
 SCHEMA_VERSION = 1
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -40,8 +42,8 @@ CREATE TABLE IF NOT EXISTS placements (
 CREATE INDEX IF NOT EXISTS placements_by_model ON placements (model_name, id);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-ACTIVE_STATES = ("starting", "running", "stopping")
-ALL_STATES = (*ACTIVE_STATES, "stopped", "failed")
+ACTIVE_STATES: tuple[str, ...] = tuple(state.value for state in ACTIVE_MODEL_STATES)
+RECORDED_STATES = frozenset(state for state in ModelState if state is not ModelState.NOT_LOADED)
 _ACTIVE_SQL = "(" + ", ".join("?" for _ in ACTIVE_STATES) + ")"
 
 
@@ -60,7 +62,7 @@ class PlacementRecord:
     port: int | None
     started_at: datetime
     requested_by: str | None
-    state: str
+    state: ModelState
     ended_at: datetime | None = None
     exit_code: int | None = None
     error: str | None = None
@@ -69,7 +71,7 @@ class PlacementRecord:
 
     @property
     def active(self) -> bool:
-        return self.state in ACTIVE_STATES
+        return self.state.active
 
     @property
     def log_file(self) -> Path | None:
@@ -100,7 +102,8 @@ def _record(row: sqlite3.Row) -> PlacementRecord:
         if not isinstance(uuids, list) or not all(u is None or isinstance(u, str) for u in uuids):
             raise ValueError("gpu_uuids")
         started_at = _parse_time(row["started_at"])
-        if started_at is None or row["state"] not in ALL_STATES:
+        state = ModelState(row["state"]) if isinstance(row["state"], str) else None
+        if started_at is None or state not in RECORDED_STATES:
             raise ValueError("started_at/state")
         pid = row["pid"]
         if pid is not None and (not isinstance(pid, int) or pid <= 0):
@@ -115,7 +118,7 @@ def _record(row: sqlite3.Row) -> PlacementRecord:
             port=row["port"] if isinstance(row["port"], int) else None,
             started_at=started_at,
             requested_by=row["requested_by"] if isinstance(row["requested_by"], str) else None,
-            state=row["state"],
+            state=state,
             ended_at=_parse_time(row["ended_at"]),
             exit_code=row["exit_code"] if isinstance(row["exit_code"], int) else None,
             error=row["error"] if isinstance(row["error"], str) else None,
@@ -158,28 +161,29 @@ class StoreTx:
     ) -> int:
         cursor = self._execute(
             "INSERT INTO placements (model_name, gpu_indexes, gpu_uuids, pid, process_start_time, port,"
-            " started_at, requested_by, state, log_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'starting', ?)",
+            " started_at, requested_by, state, log_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (model_name, json.dumps(list(gpu_indexes)), json.dumps(list(gpu_uuids)), pid, process_start_time,
-             port, _iso(started_at), requested_by, log_path))
+             port, _iso(started_at), requested_by, ModelState.STARTING.value, log_path))
         self._bump_generation()
         return int(cursor.lastrowid or 0)
 
-    def finish_placement(self, placement_id: int, *, state: str, ended_at: datetime, exit_code: int | None,
+    def finish_placement(self, placement_id: int, *, state: ModelState, ended_at: datetime, exit_code: int | None,
                          error: str | None, log_tail: str | None) -> None:
         self._execute(
             "UPDATE placements SET state = ?, ended_at = ?, exit_code = ?, error = ?, log_tail = ?"  # noqa: S608
             f" WHERE id = ? AND state IN {_ACTIVE_SQL}",
-            (state, _iso(ended_at), exit_code, error, log_tail, placement_id, *ACTIVE_STATES))
+            (state.value, _iso(ended_at), exit_code, error, log_tail, placement_id, *ACTIVE_STATES))
         self._bump_generation()
 
-    def set_state(self, placement_id: int, state: str) -> None:
+    def set_state(self, placement_id: int, state: ModelState) -> None:
         """Move an active placement to another active state (``stopping``)."""
         self._execute(f"UPDATE placements SET state = ? WHERE id = ? AND state IN {_ACTIVE_SQL}",  # noqa: S608
-                      (state, placement_id, *ACTIVE_STATES))
+                      (state.value, placement_id, *ACTIVE_STATES))
         self._bump_generation()
 
     def mark_running(self, placement_id: int) -> None:
-        self._execute("UPDATE placements SET state = 'running' WHERE id = ? AND state = 'starting'", (placement_id,))
+        self._execute("UPDATE placements SET state = ? WHERE id = ? AND state = ?",
+                      (ModelState.RUNNING.value, placement_id, ModelState.STARTING.value))
         self._bump_generation()
 
     def settings(self) -> dict[str, Any]:

@@ -6,10 +6,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from gpuwarden.config import RUNTIME_SETTING_RANGES
 from gpuwarden.controller import Controller
+from gpuwarden.records import parse_selection
 
 router = APIRouter(prefix="/api", tags=["api"])
 
@@ -25,7 +26,7 @@ ControllerDep = Annotated[Controller, Depends(get_controller)]
 class LoadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    gpus: str | list[int | str] | None = Field(
+    gpus: StrictStr | list[StrictInt | StrictStr] | None = Field(
         default=None, description="'1', '0,1', [0, 1] or 'cpu'; default: the model's default number of idle GPUs.")
     requested_by: str | None = Field(default=None, max_length=100, description="Who asks (shown to others).")
 
@@ -60,7 +61,7 @@ def models(controller: ControllerDep) -> list[dict[str, Any]]:
              responses={404: {"description": "unknown model"}, 409: {"description": "refused: GPU busy"},
                         422: {"description": "bad selection"}})
 def load(name: str, body: LoadRequest, request: Request, controller: ControllerDep) -> dict[str, Any]:
-    selection: object = body.gpus if body.gpus is not None else controller.default_selection(name)
+    selection = parse_selection(body.gpus) if body.gpus is not None else None
     view = controller.load(name, selection, requested_by=requester(request, body.requested_by))
     return view.to_dict()
 

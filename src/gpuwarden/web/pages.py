@@ -18,8 +18,9 @@ from fastapi.responses import FileResponse, HTMLResponse, Response, StreamingRes
 from fastapi.templating import Jinja2Templates
 
 from gpuwarden.config import RUNTIME_SETTING_RANGES, runtime_setting_in_range
-from gpuwarden.controller import Controller, ModelView
+from gpuwarden.controller import Controller
 from gpuwarden.errors import ControllerError, StateUnavailable
+from gpuwarden.records import ModelState, ModelView, parse_selection
 from gpuwarden.web import views
 from gpuwarden.web.api import get_controller, requester
 from gpuwarden.web.assets import AssetMissing, vendor_file
@@ -59,7 +60,7 @@ def content_context(controller: Controller, *, refresh: bool, flash: dict[str, s
         "interval": controller.refresh_interval_seconds,
         "threshold": controller.memory_threshold_mib,
         "version": controller.version,
-        "starting": any(m.state in ("starting", "stopping") for m in models),
+        "starting": any(m.state in (ModelState.STARTING, ModelState.STOPPING) for m in models),
     }
 
 
@@ -86,10 +87,7 @@ def load(request: Request, name: str, controller: ControllerDep,
          gpus: Annotated[list[str] | None, Form()] = None) -> HTMLResponse:
     flash: dict[str, str] = {}
     try:
-        selection: object = gpus if gpus else controller.default_selection(name)
-        if isinstance(selection, list) and len(selection) == 1 and isinstance(selection[0], str):
-            selection = selection[0]
-        controller.load(name, selection, requested_by=requester(request, None))
+        controller.load(name, parse_selection(gpus) if gpus else None, requested_by=requester(request, None))
     except ControllerError as error:
         flash[name] = str(error)
     return render(request, "_content.html", content_context(controller, refresh=False, flash=flash))

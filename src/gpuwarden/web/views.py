@@ -8,8 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gpuwarden.classify import GpuStatus, StatusDocument
-from gpuwarden.controller import ModelView
-from gpuwarden.records import GpuState
+from gpuwarden.records import GpuState, ModelView
 
 BOLT = "\u26a1"
 
@@ -33,7 +32,7 @@ def gpu_button(model: ModelView, gpu: GpuStatus) -> GpuButton:
     names = _model_names(gpu)
     if gpu.state is GpuState.MODEL_LOADED and model.name in names and gpu.index in model.gpu_indexes:
         return GpuButton(f"{BOLT} GPU {index} ({model.name})", index, "unload", False,
-                         f"{model.name} runs on GPU {index} ({model.state}): click to unload it", "mine")
+                         f"{model.name} runs on GPU {index} ({model.state.value}): click to unload it", "mine")
     if gpu.state is GpuState.MODEL_LOADED:
         other = gpu.model_name or "another model"
         return GpuButton(f"{BOLT} GPU {index} ({other})", index, "none", True,
@@ -52,7 +51,7 @@ def gpu_button(model: ModelView, gpu: GpuStatus) -> GpuButton:
 def cpu_button(model: ModelView) -> GpuButton:
     if model.on_cpu:
         return GpuButton(f"{BOLT} CPU ({model.name})", "cpu", "unload", False,
-                         f"{model.name} runs on the CPU ({model.state}): click to unload it", "mine")
+                         f"{model.name} runs on the CPU ({model.state.value}): click to unload it", "mine")
     if model.loaded:
         return GpuButton("CPU", "cpu", "none", True, f"{model.name} is already loaded: unload it first", "busy-model")
     return GpuButton("CPU", "cpu", "load", False, f"Load {model.name} on the CPU", "idle")
