@@ -84,3 +84,19 @@ def test_memory_no_listed_process_accounts_for_is_reported() -> None:
     assert quiet.unattributed_memory_mib == 10 and "no listed process" not in quiet.reason
     wddm = (GpuProcess(pid=10, name="python.exe", used_memory_mib=None, gpu_index=0),)
     assert classify(snapshot(5000, processes=wddm), 30, [placement]).gpus[0].unattributed_memory_mib is None
+
+
+def test_two_models_on_one_gpu_are_a_tuple_and_shared_use_is_flagged() -> None:
+    placements = [PlacementView("a", (0,), frozenset({10})), PlacementView("b", (0, 1), frozenset({11}))]
+    own = (GpuProcess(pid=10, name="a", used_memory_mib=100, gpu_index=0),
+           GpuProcess(pid=11, name="b", used_memory_mib=100, gpu_index=0))
+    alone = classify(snapshot(200, 100, processes=own), 30, placements)
+    assert alone.gpus[0].model_names == ("a", "b") and alone.gpus[0].model_name == "a, b"
+    assert alone.to_dict()["gpu_status"][0]["model_name"] == "a, b"
+    assert not alone.gpus[0].shared_with_others
+    assert alone.gpus[1].shared_with_others  # 100 MiB used by no listed process, above 30
+    assert not classify(snapshot(200, 100, processes=own), 100, placements).gpus[1].shared_with_others
+    stranger = GpuProcess(pid=99, name="train.py", used_memory_mib=5, gpu_index=0)
+    shared = classify(snapshot(205, processes=(*own, stranger)), 30, placements).gpus[0]
+    assert shared.shared_with_others and "also used by others: PID 99 train.py" in shared.reason
+    assert not classify(snapshot(500), 30).gpus[0].shared_with_others  # occupied, but no model of ours

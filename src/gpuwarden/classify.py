@@ -50,7 +50,7 @@ class GpuStatus:
     memory_used_mib: int | None
     memory_total_mib: int | None
     state: GpuState
-    model_name: str | None
+    model_names: tuple[str, ...]  # the gpuwarden models placed here (usually one)
     select_enabled: bool  # seed §6: False only for occupied / unavailable GPUs
     loadable: bool  # a new model may be loaded here now (idle)
     process_info: tuple[ProcessInfo, ...]
@@ -58,6 +58,14 @@ class GpuStatus:
     # Memory no listed process accounts for (another container, a vGPU guest); None where a listed
     # process's memory is N/A (Windows WDDM) or the GPU's memory is unreadable.
     unattributed_memory_mib: int | None = None
+    # A model runs here and someone else uses the GPU too (a foreign process, or unattributed
+    # memory above the threshold): the dashboard warns with ``reason``.
+    shared_with_others: bool = False
+
+    @property
+    def model_name(self) -> str | None:
+        """The seed's ``model_name``: the model(s) placed here, comma-joined; None if none."""
+        return ", ".join(self.model_names) if self.model_names else None
 
     @property
     def foreign_processes(self) -> tuple[ProcessInfo, ...]:
@@ -167,18 +175,19 @@ def classify_gpu(
     """One GPU. Memory used strictly above ``threshold_mib`` is in use; a GPU where gpuwarden
     placed a model is ``model_loaded`` whatever its memory (a starting model may hold little)."""
     infos = tuple(_process_info(p, placements) for p in processes)
-    models = [p.model_name for p in placements if gpu.index in p.gpu_indexes]
+    models = tuple(p.model_name for p in placements if gpu.index in p.gpu_indexes)
     used = gpu.memory_used_mib
     unattributed = _unattributed(used, infos)
-    model_name: str | None = None
+    shared = False
     if models:
-        state, model_name = GpuState.MODEL_LOADED, ", ".join(models)
-        reason = f"model {model_name} loaded by gpuwarden"
+        state = GpuState.MODEL_LOADED
+        reason = f"model {', '.join(models)} loaded by gpuwarden"
         foreign = tuple(p for p in infos if p.foreign)
         if foreign:
             reason += f"; also used by others: {_describe(foreign)}"
         if unattributed is not None and unattributed > threshold_mib:
             reason += f"; {unattributed} MiB used by no listed process (someone else's container?)"
+        shared = bool(foreign) or (unattributed is not None and unattributed > threshold_mib)
     elif used is None:
         state, reason = GpuState.UNAVAILABLE, "memory use unreadable (GPU lost or not supported): not safe to load"
     elif used > threshold_mib:
@@ -188,9 +197,9 @@ def classify_gpu(
         state, reason = GpuState.IDLE, f"idle: {used} MiB used <= {threshold_mib} MiB"
     return GpuStatus(
         index=gpu.index, name=gpu.name, uuid=gpu.uuid, bus_id=gpu.bus_id, memory_used_mib=used,
-        memory_total_mib=gpu.memory_total_mib, state=state, model_name=model_name,
+        memory_total_mib=gpu.memory_total_mib, state=state, model_names=models,
         select_enabled=state in (GpuState.IDLE, GpuState.MODEL_LOADED), loadable=state is GpuState.IDLE,
-        process_info=infos, reason=reason, unattributed_memory_mib=unattributed)
+        process_info=infos, reason=reason, unattributed_memory_mib=unattributed, shared_with_others=shared)
 
 
 def _unattributed(used: int | None, processes: Sequence[ProcessInfo]) -> int | None:

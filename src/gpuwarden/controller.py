@@ -133,7 +133,11 @@ class Controller:
             self._changed()  # other dashboards learn of it without waiting for their own poll
         return snapshot
 
-    def _placement_views(self, records: Sequence[PlacementRecord]) -> list[PlacementView]:
+    def placement_views(self, records: Sequence[PlacementRecord] | None = None) -> list[PlacementView]:
+        """Where gpuwarden placed models, with each model's own PIDs (its process tree) now."""
+        if records is None:
+            with self.store.read() as tx:
+                records = tx.active_placements()
         return [
             PlacementView(model_name=r.model_name, gpu_indexes=r.gpu_indexes,
                           own_pids=self.processes.tree(r.pid, r.process_start_time) if r.pid else frozenset())
@@ -148,7 +152,7 @@ class Controller:
         except StoreError as error:
             document = classify(snapshot, self.memory_threshold_mib, ())
             return replace(document, warnings=(*document.warnings, f"model placements unknown: {error}"))
-        return classify(snapshot, self.memory_threshold_mib, self._placement_views(records))
+        return classify(snapshot, self.memory_threshold_mib, self.placement_views(records))
 
     # ----------------------------------------------------------------- models
 
@@ -198,7 +202,7 @@ class Controller:
                         raise LoadRefused(f"model {name} is already loaded ({mine[0].state}, on GPU {where});"
                                           " unload it first")
                     document = classify(self.snapshot(fresh=True), self.memory_threshold_mib,
-                                        self._placement_views(active))
+                                        self.placement_views(active))
                     chosen = selection or _default_selection(spec, document)
                     uuids = _check_gpus(chosen, document)
                     launched, port = self._launch(spec, chosen.gpu_indexes)

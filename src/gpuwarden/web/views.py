@@ -23,14 +23,9 @@ class GpuButton:
     css: str  # idle | mine | other-model | occupied | unavailable | busy-model
 
 
-def _model_names(gpu: GpuStatus) -> list[str]:
-    return [name.strip() for name in (gpu.model_name or "").split(",") if name.strip()]
-
-
 def gpu_button(model: ModelView, gpu: GpuStatus) -> GpuButton:
     index = str(gpu.index)
-    names = _model_names(gpu)
-    if gpu.state is GpuState.MODEL_LOADED and model.name in names and gpu.index in model.gpu_indexes:
+    if gpu.state is GpuState.MODEL_LOADED and model.name in gpu.model_names and gpu.index in model.gpu_indexes:
         return GpuButton(f"{BOLT} GPU {index} ({model.name})", index, "unload", False,
                          f"{model.name} runs on GPU {index} ({model.state.value}): click to unload it", "mine")
     if gpu.state is GpuState.MODEL_LOADED:

@@ -1,0 +1,221 @@
+"""The controller's lifecycle branches, fast: a FakeProcessHost instead of real processes, a mock
+GPU source, a real state database and a clock the test moves."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gpuwarden.config import Settings
+from gpuwarden.controller import Controller
+from gpuwarden.errors import ControllerError, LoadRefused, NotLoaded
+from gpuwarden.probe.mock import MockSource
+from gpuwarden.process.fake import FakeProcessHost
+from gpuwarden.records import ModelState, Selection
+from gpuwarden.store import Store
+from tests.conftest import make_settings
+
+TWO_IDLE_GPUS = "0, 1 MiB\n1, 1 MiB\n"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+class Rig:
+    """A controller on fakes, and the handles a test needs to drive them."""
+
+    def __init__(self, state_dir: Path, models: list[dict[str, Any]] | None = None) -> None:
+        self.clock = Clock()
+        self.host = FakeProcessHost(state_dir / "logs")
+        self.settings: Settings = make_settings(state_dir, models=models or [
+            {"name": "alpha", "command": ["server", "--port", "{port}"], "startup_grace_seconds": 2},
+            {"name": "web", "command": ["server", "--port", "{port}"], "health_url": "http://127.0.0.1:{port}/health",
+             "startup_timeout_seconds": 60},
+        ])
+        self.controller = self.new_controller()
+
+    def new_controller(self) -> Controller:
+        """Another Controller on the same state (a restart of gpuwarden, or a CLI call beside the server)."""
+        source = MockSource(text=TWO_IDLE_GPUS, clock=self.clock)
+        return Controller(self.settings, source, Store(self.settings.state_dir / "gpuwarden.db"), self.host,
+                          clock=self.clock)
+
+    def state(self, name: str) -> ModelState:
+        return next(view for view in self.controller.models() if view.name == name).state
+
+    def view(self, name: str) -> Any:
+        return next(view for view in self.controller.models() if view.name == name)
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Rig:
+    return Rig(tmp_path / "state")
+
+
+GPU0 = Selection.gpus(0)
+
+
+def test_load_starts_the_plan_and_grace_makes_it_running(rig: Rig) -> None:
+    view = rig.controller.load("alpha", GPU0, requested_by="alice")
+    process = rig.host.process("alpha")
+    assert process.argv == ("server", "--port", str(view.port))
+    assert process.env["CUDA_VISIBLE_DEVICES"] == "0" and process.env["GPUWARDEN_MODEL"] == "alpha"
+    assert view.state is ModelState.STARTING
+    rig.controller.reconcile()
+    assert rig.state("alpha") is ModelState.STARTING  # not alive long enough yet
+    rig.clock.advance(2.5)
+    assert rig.controller.reconcile() is True
+    assert rig.state("alpha") is ModelState.RUNNING
+    assert rig.controller.reconcile() is False  # nothing new
+
+
+def test_model_that_exits_with_code_zero_is_stopped_not_failed(rig: Rig) -> None:
+    rig.controller.load("alpha", GPU0)
+    rig.host.exit(rig.host.process("alpha").pid, 0)
+    assert rig.controller.reconcile()
+    view = rig.view("alpha")
+    assert (view.state, view.exit_code, view.error) == (ModelState.STOPPED, 0,
+                                                        "the model exited by itself (exit code 0)")
+
+
+def test_model_that_exits_with_an_error_is_failed_with_its_log(rig: Rig) -> None:
+    rig.controller.load("alpha", GPU0)
+    pid = rig.host.process("alpha").pid
+    rig.host.log(pid, "loading weights", "CUDA error: out of memory")
+    rig.host.exit(pid, 3)
+    rig.controller.reconcile()
+    view = rig.view("alpha")
+    assert (view.state, view.exit_code, view.error) == (ModelState.FAILED, 3, "the model exited with code 3")
+    assert view.log_tail == "loading weights\nCUDA error: out of memory"
+    assert rig.controller.status().gpu(0).loadable  # type: ignore[union-attr]  # its GPU is free again
+
+
+def test_launcher_error_is_kept(rig: Rig) -> None:
+    rig.controller.load("alpha", GPU0)
+    rig.host.exit(rig.host.process("alpha").pid, 127, "cannot start 'server': No such file")
+    rig.controller.reconcile()
+    assert rig.view("alpha").error == "cannot start 'server': No such file"
+
+
+def test_vanished_process_is_failed_while_running_but_stopped_at_startup(rig: Rig) -> None:
+    rig.controller.load("alpha", GPU0)
+    rig.host.vanish(rig.host.process("alpha").pid)
+    rig.controller.reconcile()
+    view = rig.view("alpha")
+    assert (view.state, view.exit_code) == (ModelState.FAILED, None)
+    assert "disappeared" in (view.error or "")
+
+    rig.controller.load("alpha", GPU0)
+    rig.host.vanish(rig.host.process("alpha").pid)
+    restarted = rig.new_controller()  # gpuwarden starts after the machine restarted
+    restarted.reconcile(at_startup=True)
+    assert rig.view("alpha").state is ModelState.STOPPED
+    assert "not running when gpuwarden started" in (rig.view("alpha").error or "")
+
+
+def test_reused_pid_is_never_adopted_nor_stopped(rig: Rig) -> None:
+    rig.controller.load("alpha", GPU0)
+    pid = rig.host.process("alpha").pid
+    rig.host.reuse_pid(pid)
+    restarted = rig.new_controller()
+    restarted.reconcile(at_startup=True)
+    assert rig.state("alpha") is ModelState.STOPPED
+    assert rig.host.alive(pid, None) and rig.host.stops == []  # the stranger was left alone
+
+
+def test_restart_adopts_a_model_that_still_runs(rig: Rig) -> None:
+    rig.controller.load("alpha", GPU0)
+    restarted = rig.new_controller()
+    assert restarted.reconcile(at_startup=True) is False
+    assert restarted.status().gpu(0).model_names == ("alpha",)  # type: ignore[union-attr]
+
+
+def test_stuck_in_stopping_resolves_either_way(rig: Rig) -> None:
+    """An unload was cut off (its CLI killed) after the placement was marked stopping."""
+    rig.controller.load("alpha", GPU0)
+    pid = rig.host.process("alpha").pid
+    with rig.controller.store.exclusive() as tx:
+        [record] = tx.active_placements()
+        tx.set_state(record.id, ModelState.STOPPING)
+    assert rig.state("alpha") is ModelState.STOPPING
+    rig.controller.reconcile()
+    assert rig.state("alpha") is ModelState.STOPPING  # still alive: nothing guessed
+    assert rig.controller.unload("alpha").state is ModelState.STOPPED  # a second unload finishes it
+    assert rig.host.stops == [pid]
+
+    rig.controller.load("alpha", GPU0)
+    second = rig.host.process("alpha").pid
+    with rig.controller.store.exclusive() as tx:
+        [record] = tx.active_placements()
+        tx.set_state(record.id, ModelState.STOPPING)
+    rig.host.exit(second, -15)
+    rig.controller.reconcile()
+    view = rig.view("alpha")
+    assert (view.state, view.exit_code, view.error) == (ModelState.STOPPED, -15, None)
+
+
+def test_health_check_gates_running_and_times_out(rig: Rig) -> None:
+    view = rig.controller.load("web", GPU0)
+    url = f"http://127.0.0.1:{view.port}/health"
+    rig.clock.advance(30)
+    rig.controller.reconcile()
+    assert rig.state("web") is ModelState.STARTING  # alive is not enough with a health URL
+    rig.host.healthy_urls.add(url)
+    rig.controller.reconcile()
+    assert rig.state("web") is ModelState.RUNNING
+    rig.controller.unload("web")
+
+    rig.host.healthy_urls.clear()
+    rig.controller.load("web", GPU0)
+    pid = rig.host.process("web").pid
+    rig.clock.advance(61)
+    rig.controller.reconcile()
+    view = rig.view("web")
+    assert view.state is ModelState.FAILED and "did not pass within 60 s" in (view.error or "")
+    assert rig.host.stops[-1] == pid and not rig.host.alive(pid, None)
+
+
+def test_unload_stops_the_tree_and_records_how_it_ended(rig: Rig) -> None:
+    rig.host.stop_exit_code = -15
+    rig.controller.load("alpha", GPU0)
+    pid = rig.host.process("alpha").pid
+    rig.host.log(pid, "serving")
+    view = rig.controller.unload("alpha")
+    assert (view.state, rig.host.stops) == (ModelState.STOPPED, [pid])
+    latest = rig.view("alpha")
+    assert (latest.exit_code, latest.log_tail) == (-15, "serving")
+    with pytest.raises(NotLoaded):
+        rig.controller.unload("alpha")
+
+
+def test_launch_failure_records_nothing(rig: Rig) -> None:
+    rig.host.launch_error = "command not found: 'server'"
+    with pytest.raises(ControllerError, match="command not found"):
+        rig.controller.load("alpha", GPU0)
+    assert rig.state("alpha") is ModelState.NOT_LOADED
+    rig.host.launch_error = None
+    rig.controller.load("alpha", GPU0)
+    with pytest.raises(LoadRefused, match="already loaded"):
+        rig.controller.load("alpha", Selection.gpus(1))
+
+
+def test_own_processes_come_from_the_host_tree(rig: Rig) -> None:
+    rig.controller.load("alpha", GPU0)
+    pid = rig.host.process("alpha").pid
+    child = rig.host.spawn_child(pid)
+    [placement] = rig.controller.placement_views()
+    assert placement.own_pids == frozenset({pid, child})
+    rig.host.vanish(pid)
+    [placement] = rig.controller.placement_views()
+    assert placement.own_pids == frozenset()
