@@ -24,6 +24,7 @@ from gpuwarden.controller import Controller  # noqa: E402
 from gpuwarden.probe.assemble import build_snapshot  # noqa: E402
 from gpuwarden.probe.mock import MockSource  # noqa: E402
 from gpuwarden.probe.parse import parse_output  # noqa: E402
+from gpuwarden.probe.shared import Freshness  # noqa: E402
 from gpuwarden.process.host import LocalProcessHost  # noqa: E402
 from gpuwarden.records import Snapshot  # noqa: E402
 from gpuwarden.store import Store  # noqa: E402
@@ -69,7 +70,7 @@ def concurrent_refresh(clients: int) -> tuple[int, float]:
 
         def poll() -> None:
             barrier.wait()
-            controller.status(refresh=True)
+            controller.status(Freshness.NOW)
 
         threads = [threading.Thread(target=poll) for _ in range(clients)]
         started = time.perf_counter()

@@ -109,7 +109,7 @@ async def test_settings_are_validated_and_persisted(client: httpx.AsyncClient, f
     fragment = (await client.get("/dashboard/refresh")).text
     assert 'hx-trigger="every 60s"' in fragment and "Auto-refresh: Active (1m)" in fragment
     restarted = make_controller(tmp_path)  # a restart keeps them
-    assert restarted.runtime_settings() == {"memory_threshold_mib": 200, "refresh_interval_seconds": 60}
+    assert restarted.runtime.to_dict() == {"memory_threshold_mib": 200, "refresh_interval_seconds": 60}
 
 
 async def test_dashboard_page_and_fragments(client: httpx.AsyncClient) -> None:

@@ -81,3 +81,15 @@ def test_every_setting_is_documented_in_the_readme() -> None:
         assert description, f"setting {name} has no description"
     for name in ModelConfig.model_fields:
         assert f"`{name}`" in readme, f"model setting {name} is not documented in README.md"
+
+
+def test_runtime_settings_are_one_value_and_ignore_bad_saved_values() -> None:
+    from gpuwarden.config import RuntimeSettings
+
+    base = RuntimeSettings.from_settings(load_settings(None, environ={}))
+    assert base.to_dict() == {"memory_threshold_mib": 30, "refresh_interval_seconds": 300}
+    saved = {"memory_threshold_mib": 500, "refresh_interval_seconds": 0, "other": 3}
+    assert base.updated(saved).to_dict() == {"memory_threshold_mib": 500, "refresh_interval_seconds": 300}
+    assert base.updated({"memory_threshold_mib": True, "refresh_interval_seconds": "60"}) == base
+    assert base.updated({"memory_threshold_mib": 10_000_001}) == base
+    assert base.to_dict() == {"memory_threshold_mib": 30, "refresh_interval_seconds": 300}  # never mutated

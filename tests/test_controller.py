@@ -27,6 +27,7 @@ from gpuwarden.errors import (
     UnknownModel,
 )
 from gpuwarden.probe import make_source
+from gpuwarden.probe.shared import Freshness
 from gpuwarden.process.host import LocalProcessHost
 from gpuwarden.records import GpuState, Selection, parse_selection
 from gpuwarden.store import Store
@@ -78,7 +79,7 @@ def test_load_marks_model_loaded_and_disables_gpu_for_others(fake_smi: FakeSmi, 
     view = controller.load("alpha", parse_selection("0"), requested_by="alice")
     assert (view.state, view.gpu_indexes, view.requested_by) == ("starting", (0,), "alice")
     assert wait_for(lambda: model_pids(fake_smi, [0]))  # the model really runs with CUDA_VISIBLE_DEVICES=0
-    gpu0 = controller.status(refresh=True).gpu(0)
+    gpu0 = controller.status(Freshness.NOW).gpu(0)
     assert gpu0 is not None
     assert (gpu0.state, gpu0.model_name, gpu0.loadable) == (GpuState.MODEL_LOADED, "alpha", False)
     assert [p.model_name for p in gpu0.process_info] == ["alpha"]  # its process is its own, not foreign
@@ -117,7 +118,7 @@ def test_environment_given_to_the_model(fake_smi: FakeSmi, tmp_path: Path) -> No
 
 def test_foreign_process_appearing_before_load_is_refused(fake_smi: FakeSmi, tmp_path: Path) -> None:
     controller = controller_for(tmp_path / "state")
-    assert controller.status(refresh=True).gpu(1).loadable  # type: ignore[union-attr]  # user sees idle GPU 1
+    assert controller.status(Freshness.NOW).gpu(1).loadable  # type: ignore[union-attr]  # user sees idle GPU 1
     intruder = fake_smi.add_foreign("1", mib=800, name="python3")  # ... someone starts a job meanwhile
     with pytest.raises(LoadRefused) as refused:
         controller.load("alpha", parse_selection("1"))
@@ -161,7 +162,7 @@ def test_multi_gpu_load_marks_both_and_unload_frees_both(fake_smi: FakeSmi, tmp_
     controller = controller_for(tmp_path / "state")
     controller.load("gamma", parse_selection([0, 1]))
     assert wait_for(lambda: len(model_pids(fake_smi)) == 2)  # the model and its child (a tree)
-    status = controller.status(refresh=True)
+    status = controller.status(Freshness.NOW)
     assert [(g.state, g.model_name) for g in status.gpus] == [(GpuState.MODEL_LOADED, "gamma")] * 2
     for other in ("0", "1"):
         with pytest.raises(LoadRefused, match="holds model gamma"):
@@ -196,7 +197,7 @@ def test_killed_model_is_failed_and_freed_within_seconds(fake_smi: FakeSmi, tmp_
     view = controller.models()[0]
     assert view.exit_code == -9 and "exited with code -9" in (view.error or "")
     assert "fake model pid" in (view.log_tail or "")
-    assert controller.status(refresh=True).gpu(1).state is GpuState.IDLE  # type: ignore[union-attr]
+    assert controller.status(Freshness.NOW).gpu(1).state is GpuState.IDLE  # type: ignore[union-attr]
 
 
 def test_model_that_exits_with_an_error_is_failed(fake_smi: FakeSmi, tmp_path: Path) -> None:
@@ -216,7 +217,7 @@ def test_restart_readopts_running_model(fake_smi: FakeSmi, tmp_path: Path) -> No
     second.reconcile(at_startup=True)
     view = second.models()[0]
     assert view.state in ("starting", "running") and view.gpu_indexes == (0,)
-    assert second.status(refresh=True).gpu(0).model_name == "alpha"  # type: ignore[union-attr]
+    assert second.status(Freshness.NOW).gpu(0).model_name == "alpha"  # type: ignore[union-attr]
     second.unload("alpha")
     assert not model_pids(fake_smi)
 
@@ -236,7 +237,7 @@ def test_reused_pid_is_not_adopted(fake_smi: FakeSmi, tmp_path: Path) -> None:
         view = restarted.models()[0]
         assert view.state == "stopped" and "not running when gpuwarden started" in (view.error or "")
         assert other.poll() is None  # the unrelated process was left alone
-        assert restarted.status(refresh=True).gpu(0).state is GpuState.IDLE  # type: ignore[union-attr]
+        assert restarted.status(Freshness.NOW).gpu(0).state is GpuState.IDLE  # type: ignore[union-attr]
     finally:
         other.kill()
         other.wait()
@@ -265,7 +266,7 @@ def test_unknown_model_and_bad_gpu_index(fake_smi: FakeSmi, tmp_path: Path) -> N
 def test_cpu_load_and_cpu_mode(fake_smi: FakeSmi, tmp_path: Path) -> None:
     fake_smi.set_mode("fail")
     controller = controller_for(tmp_path / "state")
-    assert controller.status(refresh=True).cpu_mode
+    assert controller.status(Freshness.NOW).cpu_mode
     with pytest.raises(LoadRefused, match="no GPU available"):
         controller.load("alpha", parse_selection("0"))
     view = controller.load("alpha", parse_selection("cpu"))
@@ -279,7 +280,7 @@ def test_corrupt_state_database(fake_smi: FakeSmi, tmp_path: Path) -> None:
     state.mkdir()
     (state / "gpuwarden.db").write_bytes(b"this is not a database" * 100)
     controller = controller_for(state)
-    status = controller.status(refresh=True)  # GPU status still shown
+    status = controller.status(Freshness.NOW)  # GPU status still shown
     assert status.total_gpus == 2 and any("placements unknown" in w for w in status.warnings)
     with pytest.raises(StateUnavailable, match="unusable"):
         controller.models()
@@ -313,7 +314,7 @@ def test_locked_state_database(fake_smi: FakeSmi, tmp_path: Path) -> None:
         with pytest.raises(StateUnavailable, match="busy or locked"):
             controller.load("alpha", parse_selection("0"))
         assert time.monotonic() - started < 5
-        assert controller.status(refresh=True).total_gpus == 2
+        assert controller.status(Freshness.NOW).total_gpus == 2
     finally:
         holder.execute("ROLLBACK")
         holder.close()
@@ -343,7 +344,7 @@ def test_model_removed_from_config_can_still_be_unloaded(fake_smi: FakeSmi, tmp_
     assert wait_for(lambda: model_pids(fake_smi, [0]))
     reconfigured = controller_for(tmp_path / "state", [m for m in FAKE_MODELS if m["name"] != "alpha"])
     reconfigured.reconcile(at_startup=True)
-    assert reconfigured.status(refresh=True).gpu(0).model_name == "alpha"  # type: ignore[union-attr]
+    assert reconfigured.status(Freshness.NOW).gpu(0).model_name == "alpha"  # type: ignore[union-attr]
     assert reconfigured.unload("alpha").state == "stopped"
     assert not model_pids(fake_smi)
     with pytest.raises(UnknownModel):

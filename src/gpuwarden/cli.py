@@ -19,6 +19,7 @@ from gpuwarden.classify import StatusDocument
 from gpuwarden.config import RUNTIME_SETTING_RANGES, ConfigError, Settings, load_settings
 from gpuwarden.controller import Controller, build_controller, current_user
 from gpuwarden.errors import ControllerError
+from gpuwarden.probe.shared import Freshness
 from gpuwarden.records import GpuState, ModelView, parse_selection
 
 EXIT_FAILED = 1
@@ -127,10 +128,7 @@ def _controller(ctx: click.Context, overrides: dict[str, Any] | None = None) -> 
 @click.pass_context
 def status(ctx: click.Context, as_json: bool, threshold: int | None) -> None:
     """Show every GPU: idle, model loaded, or occupied by someone else."""
-    controller = _controller(ctx)
-    if threshold is not None:
-        controller.memory_threshold_mib = threshold
-    document = controller.status(refresh=True)
+    document = _controller(ctx).status(Freshness.NOW, threshold_mib=threshold)
     if as_json:
         click.echo(json.dumps(document.to_dict(), indent=2))
     else:

@@ -10,6 +10,8 @@ import os
 import re
 import sys
 import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, TypeGuard
 
@@ -227,6 +229,30 @@ def runtime_setting_in_range(value: object, key: str) -> TypeGuard[int]:
     """Is ``value`` a valid value for the run-time setting ``key``?"""
     low, high = RUNTIME_SETTING_RANGES[key]
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """The settings users change while gpuwarden runs (dashboard, ``PUT /api/settings``), saved in
+    the state database. One immutable value: a change builds a new one, swapped in whole."""
+
+    memory_threshold_mib: int
+    refresh_interval_seconds: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RuntimeSettings:
+        return cls(settings.memory_threshold_mib, settings.refresh_interval_seconds)
+
+    def updated(self, values: Mapping[str, object]) -> RuntimeSettings:
+        """These settings with the valid ``values`` applied; unknown keys and values out of range
+        (from an untrusted database, say) are ignored."""
+        valid = {key: value for key, value in values.items()
+                 if key in RUNTIME_SETTING_RANGES and runtime_setting_in_range(value, key)}
+        return replace(self, **valid)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"memory_threshold_mib": self.memory_threshold_mib,
+                "refresh_interval_seconds": self.refresh_interval_seconds}
 
 
 def documented_settings() -> dict[str, str]:

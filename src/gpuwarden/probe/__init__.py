@@ -1,19 +1,21 @@
-"""GPU sources: where snapshots come from. One small interface, a real source and a mock beside it.
+"""GPU sources: where snapshots come from. One small interface (:mod:`~gpuwarden.probe.base`), the
+real nvidia-smi source, NVML and a mock beside them, and :mod:`~gpuwarden.probe.shared`, which
+shares one probe among every reader.
 
 :func:`make_source` picks one from the settings: mock mode when ``mock_smi`` / ``mock_smi_text``
-is set, else the real nvidia-smi.
+is set, else NVML if chosen, else the real nvidia-smi.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Protocol
 
 from gpuwarden.config import Settings
 from gpuwarden.probe.assemble import build_snapshot, cpu_snapshot
+from gpuwarden.probe.base import GpuSource, utc_now
 from gpuwarden.probe.mock import MockSource
 from gpuwarden.probe.nvml import NvmlSource
 from gpuwarden.probe.parse import NvidiaSmiParseError, parse_output
@@ -21,19 +23,7 @@ from gpuwarden.probe.smi import QUERY_ARGS, NvidiaSmiFailed, NvidiaSmiNotFound, 
 from gpuwarden.probe.users import ProcessLookup, PsutilLookup, snapshot_with_users
 from gpuwarden.records import Snapshot
 
-
-class GpuSource(Protocol):
-    """Anything that can take a snapshot of this machine's GPUs. Never raises for GPU trouble:
-    a failing driver is a snapshot with ``error`` set."""
-
-    @property
-    def description(self) -> str: ...
-
-    def snapshot(self) -> Snapshot: ...
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
+__all__ = ["GpuSource", "SmiSource", "make_source", "utc_now"]
 
 
 class SmiSource:

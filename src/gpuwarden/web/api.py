@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from gpuwarden.config import RUNTIME_SETTING_RANGES
 from gpuwarden.controller import Controller
+from gpuwarden.probe.shared import Freshness
 from gpuwarden.records import parse_selection
 
 router = APIRouter(prefix="/api", tags=["api"])
@@ -49,7 +50,7 @@ def requester(request: Request, given: str | None) -> str:
 @router.get("/gpus", summary="The GPU status document")
 def gpus(controller: ControllerDep, refresh: bool = False) -> dict[str, Any]:
     """The status from the latest refresh; ``?refresh=true`` probes now (concurrent callers share one run)."""
-    return controller.status(refresh=refresh).to_dict()
+    return controller.status(Freshness.NOW if refresh else Freshness.CACHED).to_dict()
 
 
 @router.get("/models", summary="Every configured model with its state")
@@ -74,10 +75,10 @@ def unload(name: str, controller: ControllerDep) -> dict[str, Any]:
 
 @router.get("/settings", summary="Runtime settings")
 def get_settings(controller: ControllerDep) -> dict[str, int]:
-    return controller.runtime_settings()
+    return controller.runtime.to_dict()
 
 
 @router.put("/settings", summary="Change and persist the threshold and refresh interval")
 def put_settings(body: SettingsUpdate, controller: ControllerDep) -> dict[str, int]:
     values = {key: value for key, value in body.model_dump().items() if value is not None}
-    return controller.update_settings(values)
+    return controller.update_settings(values).to_dict()

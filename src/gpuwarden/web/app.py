@@ -28,6 +28,7 @@ from gpuwarden.errors import (
     StateUnavailable,
     UnknownModel,
 )
+from gpuwarden.probe.shared import Freshness
 from gpuwarden.web import api, pages
 
 MONITOR_INTERVAL_SECONDS = 1.0
@@ -59,7 +60,7 @@ class Monitor:
 
     def start(self) -> None:
         self.controller.reconcile(at_startup=True)
-        self.controller.snapshot(refresh=True)
+        self.controller.snapshot(Freshness.NOW)
         self._last_refresh = time.monotonic()
         self._thread.start()
 
@@ -71,9 +72,9 @@ class Monitor:
         while not self._stop.wait(self.interval_seconds):
             try:
                 self.controller.reconcile()
-                if time.monotonic() - self._last_refresh >= self.controller.refresh_interval_seconds:
+                if time.monotonic() - self._last_refresh >= self.controller.runtime.refresh_interval_seconds:
                     self._last_refresh = time.monotonic()
-                    self.controller.snapshot(refresh=True)
+                    self.controller.snapshot(Freshness.NOW)
             except Exception as error:  # noqa: BLE001 - the monitor must outlive any one failure
                 print(f"gpuwarden: monitor: {error!r}", flush=True)
 

@@ -20,6 +20,7 @@ from fastapi.templating import Jinja2Templates
 from gpuwarden.config import RUNTIME_SETTING_RANGES, runtime_setting_in_range
 from gpuwarden.controller import Controller
 from gpuwarden.errors import ControllerError, StateUnavailable
+from gpuwarden.probe.shared import Freshness
 from gpuwarden.records import ModelState, ModelView, parse_selection
 from gpuwarden.web import views
 from gpuwarden.web.api import get_controller, requester
@@ -42,9 +43,9 @@ def require_htmx(request: Request) -> None:
         raise HTTPException(status_code=400, detail="dashboard actions are HTMX requests (HX-Request header)")
 
 
-def content_context(controller: Controller, *, refresh: bool, flash: dict[str, str] | None = None,
-                    settings_flash: str | None = None, max_age_seconds: float = 0.0) -> dict[str, Any]:
-    status = controller.status(refresh=refresh, max_age_seconds=max_age_seconds)
+def content_context(controller: Controller, freshness: Freshness = Freshness.CACHED, *,
+                    flash: dict[str, str] | None = None, settings_flash: str | None = None) -> dict[str, Any]:
+    status = controller.status(freshness)
     models: list[ModelView] = []
     state_error = None
     try:
@@ -57,8 +58,9 @@ def content_context(controller: Controller, *, refresh: bool, flash: dict[str, s
         "state_error": state_error,
         "flash": flash or {},
         "settings_flash": settings_flash,
-        "interval": controller.refresh_interval_seconds,
-        "threshold": controller.memory_threshold_mib,
+        "interval": controller.runtime.refresh_interval_seconds,
+        "threshold": status.threshold_mib,
+        "ranges": RUNTIME_SETTING_RANGES,
         "version": controller.version,
         "starting": any(m.state in (ModelState.STARTING, ModelState.STOPPING) for m in models),
     }
@@ -71,15 +73,15 @@ def render(request: Request, template: str, context: dict[str, Any]) -> HTMLResp
 @router.get("/", response_class=HTMLResponse)
 @router.get("/dashboard", response_class=HTMLResponse)
 def dashboard(request: Request, controller: ControllerDep) -> HTMLResponse:
-    return render(request, "dashboard.html", content_context(controller, refresh=False))
+    return render(request, "dashboard.html", content_context(controller))
 
 
 @router.get("/dashboard/refresh", response_class=HTMLResponse)
 def refresh(request: Request, controller: ControllerDep, probe: bool = True, now: bool = False) -> HTMLResponse:
     """The dashboard content. The periodic poll probes unless another dashboard just did;
     ``now=true`` (the Refresh button) always probes; ``probe=false`` re-renders (after a push)."""
-    max_age = 0.0 if now else SHARED_POLL_SECONDS
-    return render(request, "_content.html", content_context(controller, refresh=probe, max_age_seconds=max_age))
+    freshness = Freshness.NOW if now else Freshness.within(SHARED_POLL_SECONDS) if probe else Freshness.CACHED
+    return render(request, "_content.html", content_context(controller, freshness))
 
 
 @router.post("/dashboard/models/{name}/load", response_class=HTMLResponse, dependencies=[Depends(require_htmx)])
@@ -90,7 +92,7 @@ def load(request: Request, name: str, controller: ControllerDep,
         controller.load(name, parse_selection(gpus) if gpus else None, requested_by=requester(request, None))
     except ControllerError as error:
         flash[name] = str(error)
-    return render(request, "_content.html", content_context(controller, refresh=False, flash=flash))
+    return render(request, "_content.html", content_context(controller, flash=flash))
 
 
 @router.post("/dashboard/models/{name}/unload", response_class=HTMLResponse, dependencies=[Depends(require_htmx)])
@@ -100,7 +102,7 @@ def unload(request: Request, name: str, controller: ControllerDep) -> HTMLRespon
         controller.unload(name)
     except ControllerError as error:
         flash[name] = str(error)
-    return render(request, "_content.html", content_context(controller, refresh=False, flash=flash))
+    return render(request, "_content.html", content_context(controller, flash=flash))
 
 
 @router.post("/dashboard/settings", response_class=HTMLResponse, dependencies=[Depends(require_htmx)])
@@ -124,11 +126,11 @@ def save_settings(request: Request, controller: ControllerDep,
     if values and not problems:
         try:
             controller.update_settings(values)
-            controller.snapshot(refresh=True)
+            controller.snapshot(Freshness.NOW)
             message = "saved"
         except ControllerError as error:
             message = str(error)
-    return render(request, "_content.html", content_context(controller, refresh=False, settings_flash=message))
+    return render(request, "_content.html", content_context(controller, settings_flash=message))
 
 
 @router.get("/events")

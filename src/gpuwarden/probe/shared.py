@@ -1,0 +1,120 @@
+"""One probe shared by every reader: a source that wraps a source.
+
+A room full of dashboards, API clients and CLI calls costs one nvidia-smi run per refresh: a
+reader that asks while a probe is in flight waits for that probe instead of starting its own.
+What a reader needs is one value, :class:`Freshness`:
+
+- ``Freshness.CACHED``: the latest snapshot, whatever its age (a probe only if there is none);
+- ``Freshness.within(s)``: the latest if it is younger than ``s`` seconds, else a probe;
+- ``Freshness.NOW``: a probe now, or the one already in flight;
+- ``Freshness.NEW``: a probe that starts after this call (the check right before a load).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+from gpuwarden.probe.base import GpuSource
+from gpuwarden.records import Snapshot
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """How fresh a snapshot a reader needs."""
+
+    max_age_seconds: float | None  # a snapshot this young will do; None: any age will do
+    started_after_call: bool = False  # only a probe that starts after the call will do
+
+    CACHED: ClassVar[Freshness]
+    NOW: ClassVar[Freshness]
+    NEW: ClassVar[Freshness]
+
+    @classmethod
+    def within(cls, seconds: float) -> Freshness:
+        return cls(max_age_seconds=seconds)
+
+    def accepts(self, age_seconds: float) -> bool:
+        """Will a snapshot taken ``age_seconds`` ago do?"""
+        if self.started_after_call:
+            return False
+        return self.max_age_seconds is None or age_seconds < self.max_age_seconds
+
+
+Freshness.CACHED = Freshness(max_age_seconds=None)
+Freshness.NOW = Freshness(max_age_seconds=0.0)
+Freshness.NEW = Freshness(max_age_seconds=0.0, started_after_call=True)
+
+
+def signature(snapshot: Snapshot) -> tuple[object, ...]:
+    """What a dashboard shows of a snapshot (not its time): a change here is worth a push."""
+    return (snapshot.error, snapshot.gpus, snapshot.processes, snapshot.unassigned_processes)
+
+
+class SharedSource:
+    """Wraps a :class:`GpuSource`: at most one probe in flight, its snapshot shared by every waiter.
+
+    ``on_change`` is called (outside the lock) when a probe shows something different from the
+    snapshot before it, so open dashboards learn of it without waiting for their own poll.
+    """
+
+    def __init__(self, source: GpuSource, *, on_change: Callable[[], None] = lambda: None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._source = source
+        self._on_change = on_change
+        self._monotonic = monotonic
+        self._condition = threading.Condition()
+        self._in_flight = False
+        self._generation = 0  # probes finished so far
+        self._latest: Snapshot | None = None
+        self._latest_at = 0.0
+
+    @property
+    def description(self) -> str:
+        return self._source.description
+
+    @property
+    def latest(self) -> Snapshot | None:
+        return self._latest
+
+    def snapshot(self, freshness: Freshness = Freshness.NOW) -> Snapshot:
+        """A snapshot as fresh as ``freshness`` asks, probing only when no shared one will do."""
+        with self._condition:
+            shared = self._shared_snapshot(freshness)
+            if shared is not None:
+                return shared
+            self._in_flight = True
+        return self._probe()
+
+    def _shared_snapshot(self, freshness: Freshness) -> Snapshot | None:
+        """Under the lock: a snapshot this reader may share, or None after claiming the next probe."""
+        if self._latest is not None and freshness.accepts(self._monotonic() - self._latest_at):
+            return self._latest
+        if self._in_flight:
+            generation = self._generation
+            self._condition.wait_for(lambda: self._generation != generation)
+            if not freshness.started_after_call and self._latest is not None:
+                return self._latest  # the probe in flight when the reader asked will do for it
+            self._condition.wait_for(lambda: not self._in_flight)
+        return None
+
+    def _probe(self) -> Snapshot:
+        snapshot: Snapshot | None = None
+        changed = False
+        try:
+            snapshot = self._source.snapshot()
+        finally:
+            with self._condition:
+                if snapshot is not None:
+                    changed = self._latest is not None and signature(self._latest) != signature(snapshot)
+                    self._latest = snapshot
+                    self._latest_at = self._monotonic()
+                self._generation += 1
+                self._in_flight = False
+                self._condition.notify_all()
+        if changed:
+            self._on_change()
+        return snapshot

@@ -1,0 +1,105 @@
+"""Pure: the rules a load and the supervision of models follow, as plain functions of values.
+
+Where a load without a selection goes, when a selection is refused and why, and what became of a
+model whose process ended. The controller gathers the facts (a status document, a placement, the
+launcher's exit record) and applies these; they are unit-tested without any I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from gpuwarden.classify import StatusDocument
+from gpuwarden.config import ModelConfig
+from gpuwarden.errors import BadSelection, LoadRefused
+from gpuwarden.process.exitrecord import ExitRecord
+from gpuwarden.records import GpuState, ModelState, ModelView, Selection
+from gpuwarden.store import PlacementRecord
+
+# What became of a placement whose process ended: its new state, exit code and error.
+Outcome = tuple[ModelState, int | None, str | None]
+
+
+def refuse_if_already_loaded(name: str, active: Sequence[PlacementRecord]) -> None:
+    mine = [record for record in active if record.model_name == name]
+    if mine:
+        where = ", ".join(map(str, mine[0].gpu_indexes)) or "CPU"
+        raise LoadRefused(f"model {name} is already loaded ({mine[0].state}, on GPU {where}); unload it first")
+
+
+def default_selection(spec: ModelConfig, document: StatusDocument) -> Selection:
+    """The first idle GPUs, as many as the model wants by default (the CPU in CPU mode)."""
+    if document.cpu_mode or spec.default_gpus == 0:
+        return Selection.cpu()
+    idle = [gpu.index for gpu in document.gpus if gpu.loadable]
+    if len(idle) < spec.default_gpus:
+        raise LoadRefused(f"model {spec.name} wants {spec.default_gpus} GPU(s); idle now: "
+                          f"{', '.join(map(str, idle)) or 'none'}; choose GPUs explicitly")
+    return Selection(tuple(idle[: spec.default_gpus]))
+
+
+def check_selection(selection: Selection, document: StatusDocument) -> tuple[str | None, ...]:
+    """Refuse a selection that is not safe now (the message names every busy GPU and who holds
+    it); the uuids of the selected GPUs otherwise."""
+    if selection.on_cpu:
+        return ()
+    indexes = selection.gpu_indexes
+    if document.cpu_mode:
+        raise LoadRefused(f"no GPU available ({document.error}); load onto 'cpu' instead")
+    missing = [i for i in indexes if document.gpu(i) is None]
+    if missing:
+        existing = ", ".join(str(g.index) for g in document.gpus)
+        raise BadSelection(f"GPU {', '.join(map(str, missing))} does not exist (GPUs here: {existing})")
+    problems = []
+    for index in indexes:
+        gpu = document.gpu(index)
+        assert gpu is not None
+        if gpu.state is GpuState.IDLE:
+            continue
+        if gpu.state is GpuState.MODEL_LOADED:
+            problems.append(f"GPU {index} holds model {gpu.model_name}")
+        elif gpu.state is GpuState.OCCUPIED_BY_OTHERS:
+            problems.append(f"GPU {index} is {gpu.reason}")
+        else:
+            problems.append(f"GPU {index} is unavailable: {gpu.reason}")
+    if problems:
+        raise LoadRefused("refused: " + "; ".join(problems))
+    return tuple(gpu.uuid for gpu in (document.gpu(i) for i in indexes) if gpu is not None)
+
+
+def ending(record: PlacementRecord, exit_record: ExitRecord | None, *, at_startup: bool) -> Outcome:
+    """What became of a model whose process is gone, from its launcher's exit record (if any)."""
+    if record.state is ModelState.STOPPING:
+        return ModelState.STOPPED, exit_record.exit_code if exit_record else None, None
+    if exit_record is not None:
+        code = exit_record.exit_code
+        if code == 0:
+            return ModelState.STOPPED, 0, "the model exited by itself (exit code 0)"
+        return ModelState.FAILED, code, exit_record.error or f"the model exited with code {code}"
+    if at_startup:
+        return ModelState.STOPPED, None, "not running when gpuwarden started (machine restarted?)"
+    return ModelState.FAILED, None, "the model's process disappeared (killed?)"
+
+
+def health_timeout(spec: ModelConfig) -> Outcome:
+    return ModelState.FAILED, None, f"health check did not pass within {spec.startup_timeout_seconds:g} s; stopped"
+
+
+def model_view(spec: ModelConfig, record: PlacementRecord | None, now: datetime) -> ModelView:
+    """A configured model and its newest placement (None: never loaded)."""
+    if record is None:
+        return ModelView.not_loaded(spec.name, spec.description, spec.default_gpus)
+    return ModelView(
+        name=spec.name, description=spec.description, default_gpus=spec.default_gpus, state=record.state,
+        gpu_indexes=record.gpu_indexes, pid=record.pid, port=record.port, started_at=record.started_at,
+        ended_at=record.ended_at, requested_by=record.requested_by, exit_code=record.exit_code,
+        error=record.error, log_tail=record.log_tail if not record.active else None, log_path=record.log_path,
+        uptime_seconds=(now - record.started_at).total_seconds() if record.active else None)
+
+
+def unconfigured_view(record: PlacementRecord) -> ModelView:
+    """A model removed from the configuration while it ran, just unloaded."""
+    return ModelView(record.model_name, "(no longer configured)", 0, ModelState.STOPPED, record.gpu_indexes,
+                     record.pid, record.port, record.started_at, None, record.requested_by, None, None, None,
+                     record.log_path, None)
