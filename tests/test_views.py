@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from gpuwarden.classify import classify
+from gpuwarden.present import duration_compact, duration_label, interval_label
 from gpuwarden.records import GpuReading, ModelState, ModelView, PlacementView, Snapshot
-from gpuwarden.web.views import buttons_for, duration_label, interval_label
+from gpuwarden.web.views import buttons_for
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
 
@@ -44,3 +45,20 @@ def test_cpu_mode_has_one_cpu_button() -> None:
 def test_labels() -> None:
     assert [interval_label(s) for s in (300, 90, 3600, 2)] == ["5m", "90s", "1h", "2s"]
     assert [duration_label(s) for s in (None, 5, 65, 3725)] == ["", "5s", "1m 05s", "1h 02m"]
+
+
+def test_compact_durations_and_state_labels_for_both_outputs() -> None:
+    from gpuwarden.present import gpu_state_label, model_state_label, terminal_safe
+    from gpuwarden.records import ModelState
+
+    assert [duration_compact(s) for s in (5, 65, 3725)] == ["0m05s", "1m05s", "1h02m"]
+    document = status((PlacementView("a", (2,)),))
+    gpus = document.gpus  # type: ignore[attr-defined]
+    assert [gpu_state_label(g) for g in gpus] == ["Idle", "Occupied by someone else", "⚡ Model loaded: a", "Idle"]
+    assert [gpu_state_label(g, for_terminal=True) for g in gpus] == [
+        "idle", "occupied by someone else", "model loaded: a", "idle"]
+    unreadable = classify(Snapshot(taken_at=NOW, source="t", gpus=(GpuReading(index=0),)), 30).gpus[0]
+    assert gpu_state_label(unreadable) == "Unavailable"
+    assert gpu_state_label(unreadable, for_terminal=True) == "unavailable (memory unreadable)"
+    assert model_state_label(ModelState.NOT_LOADED) == "not loaded"
+    assert terminal_safe("a\x1b]52;c;x\x07b\nc\u009b") == "a?]52;c;x?b?c?" and terminal_safe(None) == "-"

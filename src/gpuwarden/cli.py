@@ -19,6 +19,7 @@ from gpuwarden.classify import StatusDocument
 from gpuwarden.config import RUNTIME_SETTING_RANGES, ConfigError, Settings, load_settings
 from gpuwarden.controller import Controller, build_controller, current_user
 from gpuwarden.errors import ControllerError
+from gpuwarden.present import duration_compact, gpu_state_label, terminal_safe
 from gpuwarden.probe.shared import Freshness
 from gpuwarden.records import GpuState, ModelView, parse_selection
 
@@ -41,46 +42,34 @@ def _fail(ctx: click.Context, error: ControllerError) -> None:
     ctx.exit(EXIT_FAILED)
 
 
-def _safe(text: str | None) -> str:
-    """Untrusted text (process names) on a terminal: no control characters or escape sequences."""
-    if text is None:
-        return "-"
-    return "".join(ch if ch.isprintable() else "?" for ch in text)
-
-
 def format_status(document: StatusDocument) -> str:
     lines = []
     if document.cpu_mode:
         lines.append("CPU Mode (No GPU Detected)")
-        lines.append(f"  reason: {_safe(document.error)}")
+        lines.append(f"  reason: {terminal_safe(document.error)}")
         lines.append("  models load onto the CPU")
         return "\n".join(lines)
     lines.append(f"Total GPUs: {document.total_gpus}   threshold: {document.threshold_mib} MiB   "
                  f"checked: {document.checked_at:%Y-%m-%d %H:%M:%S} UTC   source: {document.source}")
     for warning in document.warnings:
-        lines.append(f"warning: {_safe(warning)}")
+        lines.append(f"warning: {terminal_safe(warning)}")
     lines.append(f"{'GPU':>3}  {'Name':<26} {'Memory used / total':>21}  State")
     for gpu in document.gpus:
         used = "?" if gpu.memory_used_mib is None else f"{gpu.memory_used_mib}"
         total = "?" if gpu.memory_total_mib is None else f"{gpu.memory_total_mib}"
-        label = {
-            GpuState.IDLE: "idle",
-            GpuState.MODEL_LOADED: f"model loaded: {_safe(gpu.model_name)}",
-            GpuState.OCCUPIED_BY_OTHERS: "occupied by someone else",
-            GpuState.UNAVAILABLE: "unavailable (memory unreadable)",
-        }[gpu.state]
-        lines.append(f"{gpu.index:>3}  {_safe(gpu.name)[:26]:<26} {used + ' / ' + total + ' MiB':>21}  {label}")
+        label = terminal_safe(gpu_state_label(gpu, for_terminal=True))
+        lines.append(f"{gpu.index:>3}  {terminal_safe(gpu.name)[:26]:<26} {used + ' / ' + total + ' MiB':>21}  {label}")
         for process in gpu.process_info:
             memory = "N/A" if process.used_memory_mib is None else f"{process.used_memory_mib} MiB"
             owner = f"model {process.model_name}" if process.model_name else "foreign"
-            lines.append(f"       PID {process.pid:<8} {_safe(process.process_name)[:48]:<48} "
-                         f"{_safe(process.user):<16} {memory:>10}  {process.type or '-':<4} {owner}")
+            lines.append(f"       PID {process.pid:<8} {terminal_safe(process.process_name)[:48]:<48} "
+                         f"{terminal_safe(process.user):<16} {memory:>10}  {process.type or '-':<4} {owner}")
         if gpu.state is GpuState.OCCUPIED_BY_OTHERS and not gpu.process_info:
             lines.append("       (no process listed: another container, user or vGPU guest holds the memory)")
     if document.unassigned_processes:
         lines.append("processes on GPUs not listed above:")
         for process in document.unassigned_processes:
-            lines.append(f"       PID {process.pid:<8} {_safe(process.process_name)}")
+            lines.append(f"       PID {process.pid:<8} {terminal_safe(process.process_name)}")
     return "\n".join(lines)
 
 
@@ -90,18 +79,11 @@ def format_models(models: list[ModelView]) -> str:
     lines = [f"{'Model':<24} {'State':<11} {'GPUs':<8} {'PID':>8}  {'Uptime':>9}  Detail"]
     for view in models:
         gpus = ",".join(map(str, view.gpu_indexes)) if view.gpu_indexes else ("cpu" if view.loaded else "-")
-        uptime = "-" if view.uptime_seconds is None else _duration(view.uptime_seconds)
+        uptime = "-" if view.uptime_seconds is None else duration_compact(view.uptime_seconds)
         detail = view.error or (f"requested by {view.requested_by}" if view.loaded and view.requested_by else "")
-        lines.append(f"{_safe(view.name):<24} {view.state.value:<11} {gpus:<8} {view.pid or '-':>8}  {uptime:>9}  "
-                     f"{_safe(detail)}")
+        lines.append(f"{terminal_safe(view.name):<24} {view.state.value:<11} {gpus:<8} {view.pid or '-':>8}  "
+                     f"{uptime:>9}  {terminal_safe(detail)}")
     return "\n".join(lines)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

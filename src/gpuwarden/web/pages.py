@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 
+from gpuwarden import present
 from gpuwarden.config import RUNTIME_SETTING_RANGES, runtime_setting_in_range
 from gpuwarden.controller import Controller
 from gpuwarden.errors import ControllerError, StateUnavailable
@@ -28,9 +29,10 @@ from gpuwarden.web.assets import AssetMissing, vendor_file
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
-templates.env.globals["interval_label"] = views.interval_label
-templates.env.globals["duration_label"] = views.duration_label
-templates.env.globals["buttons_for"] = views.buttons_for
+templates.env.globals.update(
+    interval_label=present.interval_label, duration_label=present.duration_label,
+    gpu_state_label=present.gpu_state_label, model_state_label=present.model_state_label,
+    buttons_for=views.buttons_for)
 
 ControllerDep = Annotated[Controller, Depends(get_controller)]
 SSE_POLL_SECONDS = 0.25

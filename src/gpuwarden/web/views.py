@@ -8,9 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gpuwarden.classify import GpuStatus, StatusDocument
+from gpuwarden.present import BOLT
 from gpuwarden.records import GpuState, ModelView
-
-BOLT = "\u26a1"
 
 
 @dataclass(frozen=True)
@@ -57,25 +56,3 @@ def buttons_for(model: ModelView, status: StatusDocument) -> list[GpuButton]:
     if status.cpu_mode:
         return [cpu_button(model)]
     return [gpu_button(model, gpu) for gpu in status.gpus]
-
-
-def interval_label(seconds: int) -> str:
-    """300 -> '5m', 90 -> '90s', 3600 -> '1h'."""
-    if seconds % 3600 == 0:
-        return f"{seconds // 3600}h"
-    if seconds % 60 == 0:
-        return f"{seconds // 60}m"
-    return f"{seconds}s"
-
-
-def duration_label(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    total = int(seconds)
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    if minutes:
-        return f"{minutes}m {secs:02d}s"
-    return f"{secs}s"

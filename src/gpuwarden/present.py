@@ -1,0 +1,75 @@
+"""Pure: how states, durations and untrusted text are shown to people, by the CLI and the dashboard
+alike. One table of state labels; the terminal and the page differ only in case and decoration."""
+
+from __future__ import annotations
+
+from gpuwarden.classify import GpuStatus
+from gpuwarden.records import GpuState, ModelState
+
+BOLT = "\u26a1"
+GPU_STATE_LABELS: dict[GpuState, str] = {
+    GpuState.IDLE: "Idle",
+    GpuState.MODEL_LOADED: "Model loaded",
+    GpuState.OCCUPIED_BY_OTHERS: "Occupied by someone else",
+    GpuState.UNAVAILABLE: "Unavailable",
+}
+# What a terminal table adds where the short label alone would puzzle.
+GPU_STATE_HINTS: dict[GpuState, str] = {GpuState.UNAVAILABLE: "memory unreadable"}
+
+
+def gpu_state_label(gpu: GpuStatus, *, for_terminal: bool = False) -> str:
+    """Page: 'Idle', '⚡ Model loaded: llama-7b', ... Terminal: 'idle', 'model loaded: llama-7b',
+    'unavailable (memory unreadable)', ..."""
+    label = GPU_STATE_LABELS[gpu.state]
+    if gpu.state is GpuState.MODEL_LOADED:
+        label = f"{label}: {gpu.model_name}"
+    if not for_terminal:
+        return f"{BOLT} {label}" if gpu.state is GpuState.MODEL_LOADED else label
+    label = label[0].lower() + label[1:]
+    hint = GPU_STATE_HINTS.get(gpu.state)
+    return f"{label} ({hint})" if hint else label
+
+
+def model_state_label(state: ModelState) -> str:
+    """'not loaded', 'starting', 'running', ..."""
+    return state.value.replace("_", " ")
+
+
+def terminal_safe(text: str | None) -> str:
+    """Untrusted text (process names) for a terminal: no control characters or escape sequences."""
+    if text is None:
+        return "-"
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
+def _hours_minutes_seconds(seconds: float) -> tuple[int, int, int]:
+    hours, rest = divmod(int(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    return hours, minutes, secs
+
+
+def duration_compact(seconds: float) -> str:
+    """For tables: 65 -> '1m05s', 3725 -> '1h02m'."""
+    hours, minutes, secs = _hours_minutes_seconds(seconds)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def duration_label(seconds: float | None) -> str:
+    """For the page: None -> '', 5 -> '5s', 65 -> '1m 05s', 3725 -> '1h 02m'."""
+    if seconds is None:
+        return ""
+    hours, minutes, secs = _hours_minutes_seconds(seconds)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def interval_label(seconds: int) -> str:
+    """300 -> '5m', 90 -> '90s', 3600 -> '1h'."""
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600}h"
+    if seconds % 60 == 0:
+        return f"{seconds // 60}m"
+    return f"{seconds}s"
