@@ -1,7 +1,8 @@
 """Quick start, on Windows and Linux, with nothing but Python 3.11+:
 
     python run.py demo     # installs into .venv, starts gpuwarden on built-in demo data
-    python run.py test     # installs into .venv, runs ruff, mypy (linux and win32) and every test
+    python run.py test     # installs into .venv, runs ruff, mypy (linux and win32), the import
+                           # contracts (import-linter) and every test
 
 Extra arguments go to the command (``python run.py demo --port 9000``, ``python run.py test -k parse``).
 """
@@ -71,8 +72,9 @@ def main(argv: list[str]) -> int:
     if argv[0] == "demo":
         return run(python, "-m", "gpuwarden", "serve", "--demo", *argv[1:])
     ensure_chromium()
+    lint_imports = "import sys; from importlinter.cli import lint_imports; sys.exit(lint_imports())"
     for check in (["-m", "ruff", "check", "src", "tests", "bench", "run.py"],
-                  ["-m", "mypy"], ["-m", "mypy", "--platform", "win32"]):
+                  ["-m", "mypy"], ["-m", "mypy", "--platform", "win32"], ["-c", lint_imports]):
         if run(python, *check) != 0:
             return 1
     return run(python, "-m", "pytest", *argv[1:])
