@@ -1,0 +1,188 @@
+"""Parser for ``nvidia-smi --query-gpu=... --format=csv`` and ``--query-compute-apps=...`` CSV.
+
+Columns are named by the header row (with or without ``[MiB]`` units), or, for ``noheader``
+output, by the columns the caller names, by an echoed ``nvidia-smi --query-...=`` command line,
+or by the few headerless shapes gpuwarden recognises by their values.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from gpuwarden.probe.parse_common import (
+    NvidiaSmiParseError,
+    clean_lines,
+    missing,
+    normalize_bus_id,
+    parse_int,
+    parse_mib,
+)
+from gpuwarden.records import GpuProcess, GpuReading, OutputKind, ParsedOutput
+
+__all__ = ["COMMAND_LINE", "command_columns", "csv_kind", "parse_csv"]
+
+# An echoed ``nvidia-smi ... --query-gpu=a,b,c`` line: it names the columns of the rows below it.
+COMMAND_LINE = re.compile(r"(?:^|\s)nvidia-smi(?:\.exe)?\s.*--query-(?:gpu|compute-apps)=(\S+)", re.IGNORECASE)
+_UUID = re.compile(r"^(GPU|MIG)-[0-9A-Fa-f-]+$")
+_GPU_FIELDS = {"index", "uuid", "name", "pci.bus_id", "memory.used", "memory.total", "memory.free",
+               "driver_version", "count", "gpu_name", "gpu_uuid", "gpu_bus_id"}
+_FIELD_ALIASES = {
+    "used_gpu_memory": "used_memory",
+    "gpu_uuid": "uuid",
+    "gpu_bus_id": "pci.bus_id",
+    "pci.bus": "pci.bus_id",
+    "busid": "pci.bus_id",
+}
+# Headerless shapes gpuwarden infers without being told the columns.
+_SEED_GPU_COLUMNS = ("index", "memory.used")
+_APPS_UUID_COLUMNS = ("gpu_uuid", "pid", "process_name", "used_memory")
+_APPS_UUID_BUS_COLUMNS = ("gpu_uuid", "gpu_bus_id", "pid", "process_name", "used_memory")
+
+
+def _field_name(header_cell: str) -> str:
+    name = re.sub(r"\s*\[[^\]]*\]\s*$", "", header_cell.strip()).strip().lower()
+    return name
+
+
+def _column_name(header_cell: str) -> str:
+    """The field a header cell (or a named column) stands for, aliases resolved."""
+    name = _field_name(header_cell)
+    return _FIELD_ALIASES.get(name, name)
+
+
+def command_columns(lines: Sequence[str]) -> tuple[str, ...] | None:
+    """The columns named by an echoed ``nvidia-smi --query-...=`` line among ``lines``, if any."""
+    for line in lines:
+        match = COMMAND_LINE.search(line)
+        if match:
+            return tuple(part.strip().lower() for part in match.group(1).split(",") if part.strip())
+    return None
+
+
+def _is_header(cells: Sequence[str]) -> bool:
+    names = {_field_name(cell) for cell in cells}
+    return bool(names & (_GPU_FIELDS | {"pid", "process_name", "used_memory", "used_gpu_memory", "memory.used"}))
+
+
+def csv_kind(data_lines: Sequence[str], columns: Sequence[str] | None) -> OutputKind:
+    """GPU or compute-apps CSV, from its header or (headerless) its columns."""
+    cells = [cell.strip() for cell in data_lines[0].split(",")]
+    names = [_field_name(c) for c in cells] if _is_header(cells) else list(columns or _infer_columns(cells))
+    return OutputKind.CSV_APPS if "pid" in names else OutputKind.CSV_GPU
+
+
+def _infer_columns(cells: Sequence[str]) -> tuple[str, ...]:
+    values = [cell.strip() for cell in cells]
+    if len(values) == 2 and parse_int(values[0]) is not None and parse_mib(values[1]) is not None:
+        return _SEED_GPU_COLUMNS
+    if values and _UUID.match(values[0]):
+        if len(values) >= 5 and normalize_bus_id(values[1]) and parse_int(values[2]) is not None:
+            return _APPS_UUID_BUS_COLUMNS
+        if len(values) >= 4 and parse_int(values[1]) is not None:
+            return _APPS_UUID_COLUMNS
+    raise NvidiaSmiParseError(
+        f"CSV without a header and with {len(values)} columns: name its columns "
+        "(mock_smi_columns, e.g. 'index,memory.used'), or record it with a header"
+    )
+
+
+def _split_row(line: str, width: int, free_text_column: int | None) -> list[str]:
+    """Split on commas; surplus cells (a process name containing a comma) rejoin the name."""
+    parts = line.split(",")
+    if len(parts) > width and free_text_column is not None:
+        surplus = len(parts) - width
+        joined = ",".join(parts[free_text_column:free_text_column + surplus + 1])
+        parts = [*parts[:free_text_column], joined, *parts[free_text_column + surplus + 1:]]
+    return [part.strip() for part in parts]
+
+
+def parse_csv(text: str, columns: Sequence[str] | None = None) -> ParsedOutput:
+    """``--query-gpu`` or ``--query-compute-apps`` CSV, with or without header and units."""
+    lines = [line for line in clean_lines(text) if line.strip()]
+    command = command_columns(lines)
+    lines = [line for line in lines if not COMMAND_LINE.search(line)]
+    if not lines:
+        raise NvidiaSmiParseError("CSV output without rows")
+    names, rows = _columns_and_rows(lines, columns or command)
+    is_apps = "pid" in names
+    free_text = _free_text_column(names)
+    gpus: list[GpuReading] = []
+    processes: list[GpuProcess] = []
+    for position, line in enumerate(rows):
+        record = _row_record(line, position, names, free_text)
+        if is_apps:
+            processes.append(_process_from_row(record, position))
+        else:
+            gpus.append(_gpu_from_row(record, position))
+    return ParsedOutput(
+        kind=OutputKind.CSV_APPS if is_apps else OutputKind.CSV_GPU,
+        gpus=tuple(gpus),
+        processes=tuple(processes),
+        lists_processes=is_apps,
+    )
+
+
+def _columns_and_rows(lines: Sequence[str], named: Sequence[str] | None) -> tuple[tuple[str, ...], Sequence[str]]:
+    """The column names and the data rows: the first line is the header if it looks like one;
+    otherwise the columns are ``named`` (by the caller or an echoed command) or inferred."""
+    first = [cell.strip() for cell in lines[0].split(",")]
+    if _is_header(first):
+        names = tuple(_column_name(c) for c in first)
+        rows = lines[1:]
+    else:
+        given = named or _infer_columns(first)
+        names = tuple(_column_name(c) for c in given)
+        rows = lines
+    if len(set(names)) != len(names):
+        raise NvidiaSmiParseError(f"CSV columns named twice: {', '.join(names)}")
+    return names, rows
+
+
+def _free_text_column(names: Sequence[str]) -> int | None:
+    """The column that may itself contain commas: the process name, else the GPU name."""
+    if "process_name" in names:
+        return names.index("process_name")
+    return names.index("name") if "name" in names else None
+
+
+def _row_record(line: str, position: int, names: Sequence[str], free_text: int | None) -> dict[str, str]:
+    cells = _split_row(line, len(names), free_text)
+    if len(cells) != len(names):
+        raise NvidiaSmiParseError(
+            f"CSV row {position + 1} has {len(cells)} cells where the columns are {len(names)}")
+    return dict(zip(names, cells, strict=True))
+
+
+def _process_from_row(record: dict[str, str], position: int) -> GpuProcess:
+    pid = parse_int(record.get("pid"))
+    if pid is None:
+        raise NvidiaSmiParseError(f"CSV row {position + 1}: no PID in {record.get('pid')!r}")
+    return GpuProcess(
+        pid=pid,
+        name=record.get("process_name") or "",
+        type=None,
+        used_memory_mib=parse_mib(record.get("used_memory")),
+        gpu_index=parse_int(record.get("index")),
+        gpu_uuid=None if missing(record.get("uuid")) else record.get("uuid"),
+        gpu_bus_id=normalize_bus_id(record.get("pci.bus_id")),
+    )
+
+
+def _gpu_from_row(record: dict[str, str], position: int) -> GpuReading:
+    """A ``--query-gpu`` row; without an ``index`` column a GPU's index is its row position."""
+    index = parse_int(record.get("index"))
+    if index is None:
+        if "index" not in record:
+            index = position
+        else:
+            raise NvidiaSmiParseError(f"CSV row {position + 1}: no GPU index in {record.get('index')!r}")
+    name = record.get("name")
+    return GpuReading(
+        index=index,
+        name=None if missing(name) else name,
+        uuid=None if missing(record.get("uuid")) else record.get("uuid"),
+        bus_id=normalize_bus_id(record.get("pci.bus_id")),
+        memory_used_mib=parse_mib(record.get("memory.used")),
+        memory_total_mib=parse_mib(record.get("memory.total")),
+    )
