@@ -26,8 +26,8 @@ from gpuwarden.launch import health_url, needs_port, plan_launch
 from gpuwarden.probe.base import GpuSource, utc_now
 from gpuwarden.probe.shared import Freshness, SharedSource
 from gpuwarden.process import Launched, LaunchError, ProcessHost
-from gpuwarden.records import ModelState, ModelView, PlacementView, Selection, Snapshot
-from gpuwarden.store import PlacementRecord, Store, StoreError
+from gpuwarden.records import ModelState, ModelView, PlacementRecord, PlacementView, Selection, Snapshot
+from gpuwarden.store import Store, StoreError
 
 
 @dataclass(frozen=True)

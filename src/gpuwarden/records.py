@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from gpuwarden.errors import BadSelection
@@ -247,3 +248,32 @@ class ModelView:
             "log_tail": self.log_tail, "log_path": self.log_path,
             "uptime_seconds": round(self.uptime_seconds, 1) if self.uptime_seconds is not None else None,
         }
+
+
+@dataclass(frozen=True)
+class PlacementRecord:
+    """One load of a model as the state database keeps it: where, which process, how it ended."""
+
+    id: int
+    model_name: str
+    gpu_indexes: tuple[int, ...]
+    gpu_uuids: tuple[str | None, ...]
+    pid: int | None
+    process_start_time: float | None
+    port: int | None
+    started_at: datetime
+    requested_by: str | None
+    state: ModelState
+    ended_at: datetime | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    log_path: str | None = None
+    log_tail: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state.active
+
+    @property
+    def log_file(self) -> Path | None:
+        return Path(self.log_path) if self.log_path else None

@@ -14,8 +14,7 @@ from gpuwarden.classify import StatusDocument
 from gpuwarden.config import ModelConfig
 from gpuwarden.errors import BadSelection, LoadRefused
 from gpuwarden.process.exitrecord import ExitRecord
-from gpuwarden.records import GpuState, ModelState, ModelView, Selection
-from gpuwarden.store import PlacementRecord
+from gpuwarden.records import GpuState, ModelState, ModelView, PlacementRecord, Selection
 
 # What became of a placement whose process ended: its new state, exit code and error.
 Outcome = tuple[ModelState, int | None, str | None]

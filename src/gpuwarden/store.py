@@ -12,12 +12,11 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gpuwarden.records import ACTIVE_MODEL_STATES, ModelState
+from gpuwarden.records import ACTIVE_MODEL_STATES, ModelState, PlacementRecord
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -49,33 +48,6 @@ _ACTIVE_SQL = "(" + ", ".join("?" for _ in ACTIVE_STATES) + ")"
 
 class StoreError(Exception):
     """The state database cannot be used (corrupt, locked, unwritable); the message says which."""
-
-
-@dataclass(frozen=True)
-class PlacementRecord:
-    id: int
-    model_name: str
-    gpu_indexes: tuple[int, ...]
-    gpu_uuids: tuple[str | None, ...]
-    pid: int | None
-    process_start_time: float | None
-    port: int | None
-    started_at: datetime
-    requested_by: str | None
-    state: ModelState
-    ended_at: datetime | None = None
-    exit_code: int | None = None
-    error: str | None = None
-    log_path: str | None = None
-    log_tail: str | None = None
-
-    @property
-    def active(self) -> bool:
-        return self.state.active
-
-    @property
-    def log_file(self) -> Path | None:
-        return Path(self.log_path) if self.log_path else None
 
 
 def _iso(moment: datetime | None) -> str | None:
