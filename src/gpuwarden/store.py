@@ -212,6 +212,9 @@ class Store:
                 elif str(version["value"]) != str(SCHEMA_VERSION):
                     raise StoreError(f"state database {self.path} has schema version {version['value']!r},"
                                      f" this gpuwarden knows {SCHEMA_VERSION}")
+            except StoreError:
+                connection.close()  # never leave the file open (on Windows that blocks moving it aside)
+                raise
             except sqlite3.Error as error:
                 connection.close()
                 raise StoreError(f"state database {self.path} is unusable ({error}); it was left untouched:"
