@@ -4,6 +4,7 @@ raises NvidiaSmiParseError."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -34,15 +35,35 @@ def sidecar_columns(meta: dict[str, Any]) -> list[str] | None:
 
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "nvidia-smi"
+MANIFEST = PUBLIC.parent / "MANIFEST.sha256"  # "<sha256>  <path>" of every fixture copied from ../shared
+
+
+def read_manifest() -> dict[str, str]:
+    entries: dict[str, str] = {}
+    for line in MANIFEST.read_text(encoding="utf-8").splitlines():
+        digest, name = line.split("  ", 1)
+        assert len(digest) == 64 and name not in entries and not name.startswith("/") and ".." not in name, line
+        entries[name] = digest
+    return entries
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_every_manifest_fixture_is_here_unchanged() -> None:
+    """The copies under tests/ are byte for byte what ../shared holds (the suite runs without ../shared)."""
+    manifest = read_manifest()
+    assert len(manifest) >= 40 and "public/README.md" in manifest and "h200-driver-580/busy_xml.txt" in manifest
+    local = {name: sha256_of(PUBLIC.parent / name) for name in manifest if (PUBLIC.parent / name).is_file()}
+    assert local == manifest
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared is not beside this checkout")
-def test_every_shared_fixture_is_copied_here() -> None:
-    """A fixture added to ../shared must be copied into tests/ (the suite runs without ../shared)."""
-    shared = {p.relative_to(SHARED): p.read_bytes() for p in SHARED.rglob("*") if p.is_file()}
-    local = {p.relative_to(PUBLIC.parent): p.read_bytes() for p in PUBLIC.parent.rglob("*") if p.is_file()}
-    assert shared == {k: v for k, v in local.items() if k in shared}
-    assert set(shared) <= set(local)
+def test_manifest_lists_exactly_the_shared_fixtures() -> None:
+    """A fixture added to (or changed in) ../shared must be copied into tests/ and listed in the manifest."""
+    shared = {p.relative_to(SHARED).as_posix(): sha256_of(p) for p in SHARED.rglob("*") if p.is_file()}
+    assert shared == read_manifest()
 
 
 @pytest.mark.parametrize("sidecar", SIDECARS, ids=lambda p: p.stem)
