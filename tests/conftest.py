@@ -8,7 +8,8 @@ import os
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +73,6 @@ class FakeSmi:
         for _ in range(200):
             if marker.exists():
                 break
-            import time
-
             time.sleep(0.02)
         return process
 
@@ -99,6 +98,16 @@ def fake_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSm
             monkeypatch.delenv(key)
     yield fake
     fake.cleanup()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds pass; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
 
 
 def make_settings(state_dir: Path, **overrides: Any) -> Settings:

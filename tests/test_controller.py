@@ -31,22 +31,13 @@ from gpuwarden.probe.shared import Freshness
 from gpuwarden.process.host import LocalProcessHost
 from gpuwarden.records import GpuState, Selection, parse_selection
 from gpuwarden.store import Store
-from tests.conftest import FAKE_MODELS, FakeSmi, make_settings, model_command
+from tests.conftest import FAKE_MODELS, FakeSmi, make_settings, model_command, wait_for
 
 
 def controller_for(state_dir: Path, models: list[dict[str, Any]] | None = None, **overrides: Any) -> Controller:
     settings = make_settings(state_dir, models=FAKE_MODELS if models is None else models,
                              unload_timeout_seconds=3, **overrides)
     return build_controller(settings)
-
-
-def wait_for(predicate: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
 
 
 def model_pids(fake_smi: FakeSmi, gpus: list[int] | None = None) -> list[int]:

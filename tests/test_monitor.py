@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from gpuwarden.process.fake import FakeProcessHost
 from gpuwarden.records import GpuReading, Snapshot
 from gpuwarden.store import Store
 from gpuwarden.web.app import Monitor
-from tests.conftest import make_settings
+from tests.conftest import make_settings, wait_for
 
 NOW = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 
@@ -43,15 +42,6 @@ def build(tmp_path: Path, kind: type[Controller] = Controller) -> tuple[Controll
     settings = make_settings(tmp_path / "state")
     controller = kind(settings, source, Store(tmp_path / "state" / "gpuwarden.db"), FakeProcessHost(tmp_path / "logs"))
     return controller, source
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return bool(predicate())
 
 
 def test_gpus_are_refreshed_at_the_runtime_interval(tmp_path: Path) -> None:
