@@ -162,6 +162,24 @@ async def test_dashboard_polls_close_together_share_one_probe(client: httpx.Asyn
     assert fake_smi.calls == before + 1
 
 
+async def test_selection_edges_answer_like_the_rest(client: httpx.AsyncClient, fake_smi: FakeSmi) -> None:
+    unknown = await client.post("/api/models/nope/load", json={"gpus": "x"})
+    assert unknown.status_code == 404 and "unknown model" in unknown.json()["detail"]  # the model first
+    for bad, sentence in (([True], "invalid GPU index True"), ([1.5], "invalid GPU index '1.5'"),
+                          (["0", 0], "GPU 0 is selected twice")):
+        response = await client.post("/api/models/beta/load", json={"gpus": bad})
+        assert response.status_code == 422 and sentence in response.json()["detail"], (bad, response.text)
+    for bad in ({"memory_threshold_mib": True}, {"refresh_interval_seconds": 60.0}):
+        assert (await client.put("/api/settings", json=bad)).status_code == 422
+    assert (await client.get("/api/settings")).json() == {"memory_threshold_mib": 30, "refresh_interval_seconds": 300}
+    several = await client.post("/dashboard/models/gamma/load", data={"gpus": " 0,1 "}, headers=HX)
+    assert several.status_code == 200 and "⚡ GPU 0 (gamma)" in several.text and "⚡ GPU 1 (gamma)" in several.text
+    before = fake_smi.calls
+    await client.get("/dashboard/refresh", params={"probe": "false", "now": "true"})  # probe=false wins
+    assert fake_smi.calls == before
+    await client.post("/dashboard/models/gamma/unload", headers=HX)
+
+
 async def test_cross_site_requests_are_refused(client: httpx.AsyncClient) -> None:
     # A page on another site can send a "simple" POST (text/plain body) without a preflight...
     simple = await client.post("/api/models/alpha/load", content=b'{"gpus": "0"}',
@@ -193,7 +211,7 @@ def test_every_domain_error_has_its_http_status() -> None:
     from gpuwarden.web.app import http_status_for
 
     expected = {"ControllerError": 500, "UnknownModel": 404, "BadSelection": 422, "LoadRefused": 409,
-                "NotLoaded": 409, "StateUnavailable": 503, "LaunchFailed": 500}
+                "NotLoaded": 409, "StateUnavailable": 503, "LaunchFailed": 500, "InvalidSetting": 422}
     kinds = {name: kind for name, kind in vars(errors).items()
              if isinstance(kind, type) and issubclass(kind, errors.ControllerError)}
     assert set(kinds) == set(expected)  # a new domain error must be given its status here

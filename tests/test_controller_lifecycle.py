@@ -214,8 +214,20 @@ def test_own_processes_come_from_the_host_tree(rig: Rig) -> None:
     rig.controller.load("alpha", GPU0)
     pid = rig.host.process("alpha").pid
     child = rig.host.spawn_child(pid)
-    [placement] = rig.controller.placement_views()
+    with rig.controller.store.read() as tx:
+        records = tx.active_placements()
+    [placement] = rig.controller.placement_views(records)
     assert placement.own_pids == frozenset({pid, child})
     rig.host.vanish(pid)
-    [placement] = rig.controller.placement_views()
+    [placement] = rig.controller.placement_views(records)
     assert placement.own_pids == frozenset()
+
+
+def test_load_without_selection_takes_idle_gpus_inside_the_lock(tmp_path: Path) -> None:
+    models = [{"name": n, "command": ["server"], "startup_grace_seconds": 0} for n in ("a", "b", "c")]
+    rig = Rig(tmp_path / "state", models)
+    assert rig.controller.load("a").gpu_indexes == (0,)
+    assert rig.controller.load("b").gpu_indexes == (1,)  # the first idle GPU now, not a stale choice
+    with pytest.raises(LoadRefused, match=r"model c wants 1 GPU\(s\); idle now: none"):
+        rig.controller.load("c")
+    assert rig.state("c") is ModelState.NOT_LOADED

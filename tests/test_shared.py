@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from datetime import UTC, datetime
 
 from gpuwarden.probe.shared import Freshness, SharedSource
 from gpuwarden.records import GpuReading, Snapshot
+from tests.conftest import wait_for
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
 
@@ -73,7 +73,8 @@ def test_readers_share_the_probe_in_flight_but_new_waits_for_its_own() -> None:
     assert source.started.wait(5)
     sharers = [run_in_thread(shared, Freshness.NOW) for _ in range(10)]
     new = run_in_thread(shared, Freshness.NEW)
-    time.sleep(0.2)
+    waiting = shared._condition._waiters  # type: ignore[attr-defined]  # CPython's list of waiters
+    assert wait_for(lambda: len(waiting) == 11)
     assert source.calls == 1  # everyone waits on the probe in flight
     source.gate.set()
     for thread in (first, *sharers, new):

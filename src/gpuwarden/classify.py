@@ -68,10 +68,6 @@ class GpuStatus:
         return ", ".join(self.model_names) if self.model_names else None
 
     @property
-    def foreign_processes(self) -> tuple[ProcessInfo, ...]:
-        return tuple(p for p in self.process_info if p.foreign)
-
-    @property
     def memory_used_fraction(self) -> float | None:
         if self.memory_used_mib is None or not self.memory_total_mib:
             return None

@@ -142,6 +142,7 @@ def load(ctx: click.Context, model: str, gpus: str | None) -> None:
     """Load MODEL onto idle GPUs (re-checked right before the load)."""
     controller = _controller(ctx)
     try:
+        controller.model_spec(model)  # an unknown model is reported before a bad selection
         selection = parse_selection(gpus) if gpus is not None else None
         view = controller.load(model, selection, requested_by=current_user())
     except ControllerError as error:

@@ -245,10 +245,22 @@ class RuntimeSettings:
 
     def updated(self, values: Mapping[str, object]) -> RuntimeSettings:
         """These settings with the valid ``values`` applied; unknown keys and values out of range
-        (from an untrusted database, say) are ignored."""
+        (from an untrusted database, say) are ignored: see :meth:`invalid` to refuse them instead."""
         valid = {key: value for key, value in values.items()
-                 if key in RUNTIME_SETTING_RANGES and runtime_setting_in_range(value, key)}
+                 if isinstance(value, int) and not self.invalid({key: value})}
         return replace(self, **valid)
+
+    @staticmethod
+    def invalid(values: Mapping[str, object]) -> list[str]:
+        """A sentence for each key that is unknown or whose value is out of its range."""
+        problems = []
+        for key, value in values.items():
+            if key not in RUNTIME_SETTING_RANGES:
+                problems.append(f"unknown run-time setting {key[:40]!r}")
+            elif not runtime_setting_in_range(value, key):
+                low, high = RUNTIME_SETTING_RANGES[key]
+                problems.append(f"{key} must be a whole number from {low} to {high}")
+        return problems
 
     def to_dict(self) -> dict[str, int]:
         return {"memory_threshold_mib": self.memory_threshold_mib,

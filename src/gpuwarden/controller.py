@@ -14,14 +14,21 @@ import getpass
 import os
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
 from gpuwarden import rules
 from gpuwarden.classify import StatusDocument, classify
 from gpuwarden.config import ModelConfig, RuntimeSettings, Settings
-from gpuwarden.errors import ControllerError, LaunchFailed, NotLoaded, StateUnavailable, UnknownModel
+from gpuwarden.errors import (
+    ControllerError,
+    InvalidSetting,
+    LaunchFailed,
+    NotLoaded,
+    StateUnavailable,
+    UnknownModel,
+)
 from gpuwarden.launch import health_url, needs_port, plan_launch
 from gpuwarden.probe.base import GpuSource, utc_now
 from gpuwarden.probe.shared import Freshness, SharedSource
@@ -69,16 +76,21 @@ class Controller:
         return self._runtime
 
     def _load_runtime_settings(self) -> None:
-        try:
-            with self.store.read() as tx:
-                saved = tx.settings()
-        except StoreError:
-            return
+        """Take the saved settings. Read and swap under the lock, so a value saved meanwhile by
+        :meth:`update_settings` is never replaced by an older read."""
         with self._runtime_lock:
+            try:
+                with self.store.read() as tx:
+                    saved = tx.settings()
+            except StoreError:
+                return
             self._runtime = RuntimeSettings.from_settings(self.settings).updated(saved)
 
-    def update_settings(self, values: dict[str, int]) -> RuntimeSettings:
+    def update_settings(self, values: Mapping[str, object]) -> RuntimeSettings:
         """Change the threshold / interval now and persist them in the state database."""
+        problems = RuntimeSettings.invalid(values)
+        if problems:
+            raise InvalidSetting("; ".join(problems))
         with self._runtime_lock:
             updated = self._runtime.updated(values)
             try:
@@ -95,11 +107,8 @@ class Controller:
     def snapshot(self, freshness: Freshness = Freshness.CACHED) -> Snapshot:
         return self.gpus.snapshot(freshness)
 
-    def placement_views(self, records: Sequence[PlacementRecord] | None = None) -> list[PlacementView]:
+    def placement_views(self, records: Sequence[PlacementRecord]) -> list[PlacementView]:
         """Where gpuwarden placed models, with each model's own PIDs (its process tree) now."""
-        if records is None:
-            with self.store.read() as tx:
-                records = tx.active_placements()
         return [
             PlacementView(model_name=r.model_name, gpu_indexes=r.gpu_indexes,
                           own_pids=self.processes.tree(r.pid, r.process_start_time) if r.pid else frozenset())

@@ -30,5 +30,9 @@ class StateUnavailable(ControllerError):
     """The state database cannot be used (corrupt, locked, unwritable)."""
 
 
+class InvalidSetting(ControllerError):
+    """A run-time setting is unknown or out of its range."""
+
+
 class LaunchFailed(ControllerError):
     """The model's command could not be started; nothing was left running."""

@@ -141,6 +141,12 @@ class Selection:
 
     gpu_indexes: tuple[int, ...]
 
+    def __post_init__(self) -> None:
+        for index in self.gpu_indexes:
+            _gpu_index(index)
+        if len(set(self.gpu_indexes)) != len(self.gpu_indexes):
+            raise BadSelection("a GPU is selected twice")
+
     @classmethod
     def cpu(cls) -> Selection:
         return cls(())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -167,7 +167,7 @@ class StoreTx:
                 raise StoreError(f"state database setting {row['key']!r} is damaged") from None
         return result
 
-    def save_settings(self, values: dict[str, Any]) -> None:
+    def save_settings(self, values: Mapping[str, object]) -> None:
         for key, value in values.items():
             self._execute("INSERT INTO settings (key, value) VALUES (?, ?)"
                           " ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, json.dumps(value)))

@@ -27,7 +27,8 @@ ControllerDep = Annotated[Controller, Depends(get_controller)]
 class LoadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    gpus: StrictStr | list[StrictInt | StrictStr] | None = Field(
+    # Elements are checked by parse_selection, so a bad one (true, 1.5) gets the same sentence as "x".
+    gpus: StrictStr | list[Any] | None = Field(
         default=None, description="'1', '0,1', [0, 1] or 'cpu'; default: the model's default number of idle GPUs.")
     requested_by: str | None = Field(default=None, max_length=100, description="Who asks (shown to others).")
 
@@ -35,9 +36,9 @@ class LoadRequest(BaseModel):
 class SettingsUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    memory_threshold_mib: int | None = Field(default=None, ge=RUNTIME_SETTING_RANGES["memory_threshold_mib"][0],
+    memory_threshold_mib: StrictInt | None = Field(default=None, ge=RUNTIME_SETTING_RANGES["memory_threshold_mib"][0],
                                              le=RUNTIME_SETTING_RANGES["memory_threshold_mib"][1])
-    refresh_interval_seconds: int | None = Field(default=None,
+    refresh_interval_seconds: StrictInt | None = Field(default=None,
                                                  ge=RUNTIME_SETTING_RANGES["refresh_interval_seconds"][0],
                                                  le=RUNTIME_SETTING_RANGES["refresh_interval_seconds"][1])
 
@@ -62,6 +63,7 @@ def models(controller: ControllerDep) -> list[dict[str, Any]]:
              responses={404: {"description": "unknown model"}, 409: {"description": "refused: GPU busy"},
                         422: {"description": "bad selection"}})
 def load(name: str, body: LoadRequest, request: Request, controller: ControllerDep) -> dict[str, Any]:
+    controller.model_spec(name)  # an unknown model is a 404, whatever the selection
     selection = parse_selection(body.gpus) if body.gpus is not None else None
     view = controller.load(name, selection, requested_by=requester(request, body.requested_by))
     return view.to_dict()

@@ -22,6 +22,7 @@ from gpuwarden.controller import Controller
 from gpuwarden.errors import (
     BadSelection,
     ControllerError,
+    InvalidSetting,
     LaunchFailed,
     LoadRefused,
     NotLoaded,
@@ -40,6 +41,7 @@ HTTP_STATUS_FOR_ERROR: tuple[tuple[type[ControllerError], int], ...] = (
     (LoadRefused, 409),
     (NotLoaded, 409),
     (StateUnavailable, 503),
+    (InvalidSetting, 422),
     (LaunchFailed, 500),
 )
 

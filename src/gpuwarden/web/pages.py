@@ -18,11 +18,11 @@ from fastapi.responses import FileResponse, HTMLResponse, Response, StreamingRes
 from fastapi.templating import Jinja2Templates
 
 from gpuwarden import present
-from gpuwarden.config import RUNTIME_SETTING_RANGES, runtime_setting_in_range
+from gpuwarden.config import RUNTIME_SETTING_RANGES
 from gpuwarden.controller import Controller
 from gpuwarden.errors import ControllerError, StateUnavailable
 from gpuwarden.probe.shared import Freshness
-from gpuwarden.records import ModelState, ModelView, parse_selection
+from gpuwarden.records import ModelState, ModelView, Selection, parse_selection
 from gpuwarden.web import views
 from gpuwarden.web.api import get_controller, requester
 from gpuwarden.web.assets import AssetMissing, vendor_file
@@ -72,6 +72,13 @@ def render(request: Request, template: str, context: dict[str, Any]) -> HTMLResp
     return templates.TemplateResponse(request, template, context)
 
 
+def form_selection(gpus: list[str] | None) -> Selection | None:
+    """The form's ``gpus``: checkboxes give one value per GPU; a single value may also be "0,1" or "cpu"."""
+    if not gpus:
+        return None
+    return parse_selection(gpus[0] if len(gpus) == 1 else gpus)
+
+
 @router.get("/", response_class=HTMLResponse)
 @router.get("/dashboard", response_class=HTMLResponse)
 def dashboard(request: Request, controller: ControllerDep) -> HTMLResponse:
@@ -82,7 +89,7 @@ def dashboard(request: Request, controller: ControllerDep) -> HTMLResponse:
 def refresh(request: Request, controller: ControllerDep, probe: bool = True, now: bool = False) -> HTMLResponse:
     """The dashboard content. The periodic poll probes unless another dashboard just did;
     ``now=true`` (the Refresh button) always probes; ``probe=false`` re-renders (after a push)."""
-    freshness = Freshness.NOW if now else Freshness.within(SHARED_POLL_SECONDS) if probe else Freshness.CACHED
+    freshness = Freshness.CACHED if not probe else Freshness.NOW if now else Freshness.within(SHARED_POLL_SECONDS)
     return render(request, "_content.html", content_context(controller, freshness))
 
 
@@ -91,7 +98,8 @@ def load(request: Request, name: str, controller: ControllerDep,
          gpus: Annotated[list[str] | None, Form()] = None) -> HTMLResponse:
     flash: dict[str, str] = {}
     try:
-        controller.load(name, parse_selection(gpus) if gpus else None, requested_by=requester(request, None))
+        controller.model_spec(name)  # an unknown model is reported before a bad selection
+        controller.load(name, form_selection(gpus), requested_by=requester(request, None))
     except ControllerError as error:
         flash[name] = str(error)
     return render(request, "_content.html", content_context(controller, flash=flash))
@@ -107,27 +115,23 @@ def unload(request: Request, name: str, controller: ControllerDep) -> HTMLRespon
     return render(request, "_content.html", content_context(controller, flash=flash))
 
 
+def _whole_number(raw: str) -> int | str:
+    """A form field as a whole number where it is one; the text otherwise (refused with its range)."""
+    text = raw.strip()
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else text
+
+
 @router.post("/dashboard/settings", response_class=HTMLResponse, dependencies=[Depends(require_htmx)])
 def save_settings(request: Request, controller: ControllerDep,
                   memory_threshold_mib: Annotated[str, Form()] = "",
                   refresh_interval_seconds: Annotated[str, Form()] = "") -> HTMLResponse:
-    problems = []
-    values: dict[str, int] = {}
-    for key, raw in (("memory_threshold_mib", memory_threshold_mib),
-                     ("refresh_interval_seconds", refresh_interval_seconds)):
-        text = raw.strip()
-        if not text:
-            continue
-        value = int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else None
-        if not runtime_setting_in_range(value, key):
-            low, high = RUNTIME_SETTING_RANGES[key]
-            problems.append(f"{key} must be a whole number from {low} to {high}")
-            continue
-        values[key] = value
-    message = "; ".join(problems) if problems else None
-    if values and not problems:
+    entered = {key: _whole_number(raw) for key, raw in (("memory_threshold_mib", memory_threshold_mib),
+                                                        ("refresh_interval_seconds", refresh_interval_seconds))
+               if raw.strip()}
+    message = None
+    if entered:
         try:
-            controller.update_settings(values)
+            controller.update_settings(entered)  # checks every value against RUNTIME_SETTING_RANGES
             controller.snapshot(Freshness.NOW)
             message = "saved"
         except ControllerError as error:
