@@ -221,12 +221,12 @@ def test_hostile_process_name_is_shown_as_text(server: Server, fake_smi: FakeSmi
 
 
 def test_cpu_mode_page(fake_smi: FakeSmi, tmp_path: Path, page: Page) -> None:
-    fake_smi.set_mode("fail")
+    fake_smi.set_mode("nodevices")
     cpu_server = Server(tmp_path, fake_smi)
     try:
         page.goto(cpu_server.url)
         expect(page.locator("#gpu-summary")).to_have_text("CPU Mode (No GPU Detected)")
-        expect(page.locator("#cpu-reason")).to_contain_text("couldn't communicate with the NVIDIA driver")
+        expect(page.locator("#cpu-reason")).to_contain_text("No devices were found")
         buttons = model_card(page, "alpha").locator("button.gpu-btn")
         expect(buttons).to_have_count(1)
         expect(buttons).to_have_text("CPU")

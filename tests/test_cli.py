@@ -40,12 +40,15 @@ def test_status_json_for_every_public_fixture(sidecar: Path, capsys: pytest.Capt
     if columns:
         env["GPUWARDEN_MOCK_SMI_COLUMNS"] = ",".join(columns)
     code, out, _ = run_cli(["status", "--json"], env, capsys, monkeypatch, tmp_path)
-    assert code == 0
     document = json.loads(out)
     expected = meta["expected"]
+    no_gpu_here = "No devices were found" in (expected.get("error") or "")
+    assert code == (1 if not expected["gpus"] and not no_gpu_here else 0)  # unreadable is not "done"
     assert document["total_gpus"] == len(expected["gpus"])
     if not expected["gpus"]:
-        assert document["mode"] == "cpu"
+        # Only nvidia-smi's "No devices were found" means CPU mode; any other output without GPUs
+        # (a driver error, processes but no GPU list) is unreadable: fail closed.
+        assert document["mode"] == ("cpu" if no_gpu_here else "unreadable")
         assert document["gpu_status"] == [{"index": "CPU", "state": "idle", "model_name": None,
                                            "select_enabled": True}]
         if expected["error"]:
@@ -105,13 +108,13 @@ def test_status_json_for_h200_recordings(files: list[str], states: list[str], pi
     ("help_query_apps.txt", [], "cannot parse mock nvidia-smi output: unrecognised"),
     ("version.txt", [], "cannot parse mock nvidia-smi output: unrecognised"),
 ])
-def test_h200_outputs_without_gpu_rows_are_cpu_mode(name: str, pids: list[int], error: str,
-                                                     capsys: pytest.CaptureFixture[str],
-                                                     monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_h200_outputs_without_gpu_rows_are_unreadable(name: str, pids: list[int], error: str,
+                                                       capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     code, out, _ = run_cli(["status", "--json"], {"GPUWARDEN_MOCK_SMI": str(H200 / name)}, capsys, monkeypatch,
                            tmp_path)
     document = json.loads(out)
-    assert code == 0 and document["mode"] == "cpu" and document["total_gpus"] == 0
+    assert code == 1 and document["mode"] == "unreadable" and document["total_gpus"] == 0
     assert error in document["error"]
     assert [p["pid"] for p in document["unassigned_processes"]] == pids
 
@@ -166,7 +169,7 @@ def test_mock_text_and_unreadable_mock(capsys: pytest.CaptureFixture[str], monke
     code, out, _ = run_cli(["status", "--json"], {"GPUWARDEN_MOCK_SMI": str(tmp_path / "nope.txt")}, capsys,
                            monkeypatch, tmp_path)
     document = json.loads(out)
-    assert code == 0 and document["mode"] == "cpu" and "cannot read mock" in document["error"]
+    assert code == 1 and document["mode"] == "unreadable" and "cannot read mock" in document["error"]
 
 
 def test_process_names_cannot_inject_terminal_escapes(capsys: pytest.CaptureFixture[str],

@@ -255,7 +255,7 @@ def test_unknown_model_and_bad_gpu_index(fake_smi: FakeSmi, tmp_path: Path) -> N
 
 
 def test_cpu_load_and_cpu_mode(fake_smi: FakeSmi, tmp_path: Path) -> None:
-    fake_smi.set_mode("fail")
+    fake_smi.set_mode("nodevices")
     controller = controller_for(tmp_path / "state")
     assert controller.status(Freshness.NOW).cpu_mode
     with pytest.raises(LoadRefused, match="no GPU available"):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gpuwarden.probe import SmiSource
-from gpuwarden.probe.smi import NvidiaSmiNotFound, find_nvidia_smi, windows_candidates
+from gpuwarden.probe.smi import NvidiaSmiFailed, NvidiaSmiNotFound, find_nvidia_smi, windows_candidates
 from gpuwarden.probe.users import PsutilLookup, names_match
 from tests.conftest import FakeSmi
 
@@ -66,7 +66,7 @@ def test_missing_binary(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
 
 def test_configured_path_wins_and_must_exist(fake_smi: FakeSmi, tmp_path: Path) -> None:
     assert find_nvidia_smi(fake_smi.bin / "nvidia-smi") == fake_smi.bin / "nvidia-smi"
-    with pytest.raises(NvidiaSmiNotFound, match="does not exist"):
+    with pytest.raises(NvidiaSmiFailed, match="does not exist"):  # a wrong path is a failure, not "no driver"
         find_nvidia_smi(tmp_path / "missing.exe")
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from gpuwarden.records import GpuProcess, GpuReading, GpuState, PlacementView, Snapshot
+from gpuwarden.records import GpuProcess, GpuReading, GpuState, PlacementView, Snapshot, StatusMode
 
 CPU_INDEX = "CPU"
 
@@ -93,7 +93,7 @@ class GpuStatus:
 
 @dataclass(frozen=True)
 class StatusDocument:
-    mode: str  # "gpu" or "cpu"
+    mode: StatusMode
     error: str | None
     warnings: tuple[str, ...]
     threshold_mib: int
@@ -102,6 +102,7 @@ class StatusDocument:
     gpus: tuple[GpuStatus, ...]
     unassigned_processes: tuple[ProcessInfo, ...]
     processes_listed: bool  # False where the output cannot list processes (seed's CSV form)
+    last_good_at: datetime | None = None  # unreadable: when the GPUs were last read well (None: unknown)
 
     @property
     def total_gpus(self) -> int:
@@ -109,30 +110,49 @@ class StatusDocument:
 
     @property
     def cpu_mode(self) -> bool:
-        return self.mode == "cpu"
+        return self.mode is StatusMode.CPU
+
+    @property
+    def unreadable(self) -> bool:
+        return self.mode is StatusMode.UNREADABLE
+
+    @property
+    def reading_age_seconds(self) -> float | None:
+        """Unreadable: how old the last good reading is (None: there was none)."""
+        if self.last_good_at is None:
+            return None
+        return max(0.0, (self.checked_at - self.last_good_at).total_seconds())
 
     def gpu(self, index: int) -> GpuStatus | None:
         return next((g for g in self.gpus if g.index == index), None)
 
     def to_dict(self) -> dict[str, Any]:
-        if self.cpu_mode:
-            entries: list[dict[str, Any]] = [
-                {"index": CPU_INDEX, "state": GpuState.IDLE.value, "model_name": None, "select_enabled": True}
-            ]
-        else:
-            entries = [gpu.to_dict() for gpu in self.gpus]
+        cpu_entry = {"index": CPU_INDEX, "state": GpuState.IDLE.value, "model_name": None, "select_enabled": True}
+        entries = [gpu.to_dict() for gpu in self.gpus]
+        if self.mode is not StatusMode.GPU:  # the CPU is offered; in unreadable mode beside the last known GPUs
+            entries.append(cpu_entry)
         return {
             "total_gpus": self.total_gpus,
-            "mode": self.mode,
+            "mode": self.mode.value,
             "error": self.error,
+            "last_good_reading_at": _iso(self.last_good_at),
+            "reading_age_seconds": _rounded(self.reading_age_seconds),
             "warnings": list(self.warnings),
             "threshold_mib": self.threshold_mib,
-            "checked_at": self.checked_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "checked_at": _iso(self.checked_at),
             "source": self.source,
             "processes_listed": self.processes_listed,
             "gpu_status": entries,
             "unassigned_processes": [p.to_dict() for p in self.unassigned_processes],
         }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment is not None else None
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return round(seconds, 1) if seconds is not None else None
 
 
 def _owner(process: GpuProcess, placements: Sequence[PlacementView]) -> str | None:
@@ -204,14 +224,34 @@ def _unattributed(used: int | None, processes: Sequence[ProcessInfo]) -> int | N
     return max(0, used - sum(p.used_memory_mib or 0 for p in processes))
 
 
+def unreadable_gpu(gpu: GpuReading, reason: str, placements: Sequence[PlacementView]) -> GpuStatus:
+    """A GPU of the last good reading while the GPUs cannot be read: never loadable. A model
+    gpuwarden placed there is still named (and can still be unloaded)."""
+    models = tuple(p.model_name for p in placements if gpu.index in p.gpu_indexes)
+    state = GpuState.MODEL_LOADED if models else GpuState.UNAVAILABLE
+    if models:
+        reason = f"model {', '.join(models)} loaded by gpuwarden; {reason}"
+    return GpuStatus(
+        index=gpu.index, name=gpu.name, uuid=gpu.uuid, bus_id=gpu.bus_id, memory_used_mib=None,
+        memory_total_mib=gpu.memory_total_mib, state=state, model_names=models, select_enabled=False,
+        loadable=False, process_info=(), reason=reason)
+
+
 def classify(snapshot: Snapshot, threshold_mib: int, placements: Sequence[PlacementView] = ()) -> StatusDocument:
-    """The status document for ``snapshot``. No GPU (or no GPU data): CPU mode, reason in ``error``."""
-    gpus = tuple(
-        classify_gpu(gpu, snapshot.processes_on(gpu.index), threshold_mib, placements) for gpu in snapshot.gpus)
-    mode = "gpu" if gpus else "cpu"
+    """The status document for ``snapshot``: GPU mode; CPU mode (no NVIDIA GPU here, reason in
+    ``error``); or unreadable (the GPUs could not be read: the last known ones, none loadable)."""
     error = snapshot.error
-    if mode == "cpu" and error is None:
-        error = "no NVIDIA GPU detected"
+    if snapshot.gpus:
+        mode = StatusMode.GPU
+        gpus = tuple(classify_gpu(gpu, snapshot.processes_on(gpu.index), threshold_mib, placements)
+                     for gpu in snapshot.gpus)
+    elif snapshot.unreadable:
+        mode = StatusMode.UNREADABLE
+        reason = f"GPU status unreadable: {error}"
+        gpus = tuple(unreadable_gpu(gpu, reason, placements) for gpu in snapshot.last_good_gpus)
+    else:
+        mode, gpus = StatusMode.CPU, ()
+        error = error or "no NVIDIA GPU detected"
     return StatusDocument(
         mode=mode,
         error=error,
@@ -222,4 +262,5 @@ def classify(snapshot: Snapshot, threshold_mib: int, placements: Sequence[Placem
         gpus=gpus,
         unassigned_processes=tuple(_process_info(p, placements) for p in snapshot.unassigned_processes),
         processes_listed=snapshot.lists_processes,
+        last_good_at=snapshot.last_good_at if mode is StatusMode.UNREADABLE else None,
     )

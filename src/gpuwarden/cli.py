@@ -49,6 +49,15 @@ def format_status(document: StatusDocument) -> str:
         lines.append(f"  reason: {terminal_safe(document.error)}")
         lines.append("  models load onto the CPU")
         return "\n".join(lines)
+    if document.unreadable:
+        lines.append("GPU status unreadable: no model is loaded onto a GPU until the GPUs can be read")
+        lines.append(f"  reason: {terminal_safe(document.error)}")
+        age = document.reading_age_seconds
+        lines.append("  last good reading: " + ("none seen by this process" if age is None else f"{age:.0f} s ago"))
+        lines.append("  models can still be loaded onto the CPU explicitly (--gpus cpu)")
+        if not document.gpus:
+            return "\n".join(lines)
+        lines.append("last known GPUs:")
     lines.append(f"Total GPUs: {document.total_gpus}   threshold: {document.threshold_mib} MiB   "
                  f"checked: {document.checked_at:%Y-%m-%d %H:%M:%S} UTC   source: {document.source}")
     for warning in document.warnings:
@@ -115,6 +124,8 @@ def status(ctx: click.Context, as_json: bool, threshold: int | None) -> None:
         click.echo(json.dumps(document.to_dict(), indent=2))
     else:
         click.echo(format_status(document))
+    if document.unreadable:
+        ctx.exit(EXIT_FAILED)  # the GPUs could not be read: not "done"
 
 
 @cli.command()

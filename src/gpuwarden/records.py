@@ -33,6 +33,14 @@ class OutputKind(enum.Enum):
     NVML = "nvml"  # not an nvidia-smi output: read through NVML (probe/nvml.py)
 
 
+class StatusMode(enum.StrEnum):
+    """What the status document can say about this machine's GPUs as a whole."""
+
+    GPU = "gpu"  # GPUs were read: each has its own state
+    CPU = "cpu"  # no NVIDIA GPU or driver here: models run on the CPU
+    UNREADABLE = "unreadable"  # GPUs could not be read now: no load onto a GPU until they can
+
+
 class GpuState(enum.Enum):
     """The classification of one GPU (seed §3), plus UNAVAILABLE for a GPU that cannot be read."""
 
@@ -88,8 +96,13 @@ class ParsedOutput:
 class Snapshot:
     """The GPUs of this machine at one moment, as one source saw them.
 
-    ``error`` is set when no GPU data could be had (no nvidia-smi, driver down, no devices): the
-    status is then CPU mode. ``warnings`` are problems that left the GPU data usable.
+    ``error`` is set when no GPU data could be had. Then either the machine has no NVIDIA GPU or
+    driver (nvidia-smi absent, "No devices were found": CPU mode), or ``unreadable`` is set: GPUs may
+    be there but could not be read now (a hung or failing nvidia-smi, garbage, a driver error), and
+    nothing may be loaded onto a GPU. A failure to read is never taken for "no GPUs".
+    ``last_good_gpus`` / ``last_good_at`` are the GPUs of the last good reading, kept by whoever
+    remembers it (the server), so an unreadable status can still name them. ``warnings`` are
+    problems that left the GPU data usable.
     """
 
     taken_at: datetime
@@ -101,6 +114,9 @@ class Snapshot:
     error: str | None = None
     warnings: tuple[str, ...] = ()
     driver_version: str | None = None
+    unreadable: bool = False
+    last_good_gpus: tuple[GpuReading, ...] = ()
+    last_good_at: datetime | None = None
 
     def processes_on(self, gpu_index: int) -> tuple[GpuProcess, ...]:
         return tuple(p for p in self.processes if p.gpu_index == gpu_index)

@@ -28,9 +28,13 @@ def refuse_if_already_loaded(name: str, active: Sequence[PlacementRecord]) -> No
 
 
 def default_selection(spec: ModelConfig, document: StatusDocument) -> Selection:
-    """The first idle GPUs, as many as the model wants by default (the CPU in CPU mode)."""
+    """The first idle GPUs, as many as the model wants by default (the CPU in CPU mode). Never the
+    CPU instead of GPUs because the GPUs could not be read: that is refused."""
     if document.cpu_mode or spec.default_gpus == 0:
         return Selection.cpu()
+    if document.unreadable:
+        raise LoadRefused(f"cannot choose GPUs for {spec.name}: {unreadable_reason(document)}; "
+                          "to run it on the CPU, choose 'cpu' explicitly")
     idle = [gpu.index for gpu in document.gpus if gpu.loadable]
     if len(idle) < spec.default_gpus:
         raise LoadRefused(f"model {spec.name} wants {spec.default_gpus} GPU(s); idle now: "
@@ -46,6 +50,9 @@ def check_selection(selection: Selection, document: StatusDocument) -> tuple[str
     indexes = selection.gpu_indexes
     if document.cpu_mode:
         raise LoadRefused(f"no GPU available ({document.error}); load onto 'cpu' instead")
+    if document.unreadable:
+        raise LoadRefused(f"refused: {unreadable_reason(document)}; no model is loaded onto a GPU until "
+                          "the GPUs can be read again")
     missing = [i for i in indexes if document.gpu(i) is None]
     if missing:
         existing = ", ".join(str(g.index) for g in document.gpus)
@@ -65,6 +72,13 @@ def check_selection(selection: Selection, document: StatusDocument) -> tuple[str
     if problems:
         raise LoadRefused("refused: " + "; ".join(problems))
     return tuple(gpu.uuid for gpu in (document.gpu(i) for i in indexes) if gpu is not None)
+
+
+def unreadable_reason(document: StatusDocument) -> str:
+    """'GPU status unreadable (why); last good reading 42 s ago' for refusals and the CLI."""
+    age = document.reading_age_seconds
+    when = "no good reading yet" if age is None else f"last good reading {age:.0f} s ago"
+    return f"GPU status unreadable ({document.error}); {when}"
 
 
 def ending(record: PlacementRecord, exit_record: ExitRecord | None, *, at_startup: bool) -> Outcome:

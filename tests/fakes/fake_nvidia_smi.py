@@ -3,7 +3,8 @@
 shown on the GPUs it names (as a real CUDA process appears on the GPUs of its CUDA_VISIBLE_DEVICES).
 
 ``$FAKE_SMI_DIR/mode`` switches behaviour: ``normal`` (default), ``hang``, ``fail`` (driver error,
-exit 9), ``garbage``, ``table`` (the plain table instead of XML); ``$FAKE_SMI_DIR/calls`` counts runs.
+exit 9), ``nodevices`` ("No devices were found", exit 6), ``garbage``, ``table`` (the plain table
+instead of XML); ``$FAKE_SMI_DIR/calls`` counts runs.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ def main() -> int:
         print("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
               "Make sure that the latest NVIDIA driver is installed and running.")
         return 9
+    if mode == "nodevices":  # a machine with the driver tools but no NVIDIA GPU
+        print("No devices were found")
+        return 6
     if mode == "garbage":
         sys.stdout.write("\x00\x01 this is not nvidia-smi output \xff\n")
         return 0

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from gpuwarden.config import Settings
-from gpuwarden.probe.assemble import build_snapshot, cpu_snapshot
+from gpuwarden.probe.assemble import build_snapshot, failed_snapshot
 from gpuwarden.probe.base import GpuSource, utc_now
 from gpuwarden.probe.mock import MockSource
 from gpuwarden.probe.nvml import NvmlSource
@@ -51,19 +51,21 @@ class SmiSource:
         try:
             executable = find_nvidia_smi(self._configured_path)
             result = run_nvidia_smi(executable, QUERY_ARGS, self._timeout_seconds)
-        except (NvidiaSmiNotFound, NvidiaSmiFailed) as error:
-            return cpu_snapshot(now, self.description, str(error))
+        except NvidiaSmiNotFound as error:  # no driver installed: a machine without NVIDIA GPUs
+            return failed_snapshot(now, self.description, str(error), no_gpu=True)
+        except NvidiaSmiFailed as error:
+            return failed_snapshot(now, self.description, str(error))
         text = result.stdout if result.stdout.strip() else result.stderr
         if not text.strip():
             reason = f"nvidia-smi exited with code {result.returncode} and printed nothing"
-            return cpu_snapshot(now, self.description, reason)
+            return failed_snapshot(now, self.description, reason)
         try:
             parsed = parse_output(text)
         except NvidiaSmiParseError as error:
             detail = text.strip().splitlines()[0][:300]
             reason = (f"nvidia-smi failed (exit code {result.returncode}): {detail}" if result.returncode
                       else f"cannot read nvidia-smi output: {error}")
-            return cpu_snapshot(now, self.description, reason)
+            return failed_snapshot(now, self.description, reason)
         snapshot = build_snapshot([parsed], now, self.description)
         if result.returncode and snapshot.gpus and not snapshot.warnings:
             stderr = result.stderr.strip().splitlines()

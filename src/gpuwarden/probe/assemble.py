@@ -14,6 +14,8 @@ from datetime import datetime
 from gpuwarden.probe.parse import normalize_bus_id
 from gpuwarden.records import GpuProcess, GpuReading, OutputKind, ParsedOutput, Snapshot
 
+NO_DEVICES = "no devices were found"
+
 
 def build_snapshot(outputs: Sequence[ParsedOutput], taken_at: datetime, source: str) -> Snapshot:
     """Combine outputs (e.g. a ``--query-gpu`` CSV and a ``--query-compute-apps`` CSV)."""
@@ -46,9 +48,11 @@ def build_snapshot(outputs: Sequence[ParsedOutput], taken_at: datetime, source: 
             assigned.append(replace(process, gpu_index=index))
     error: str | None = None
     warnings = tuple(messages)
+    unreadable = False
     if not gpus:
         error = " ".join(messages) or "nvidia-smi reported no GPU"
         warnings = ()
+        unreadable = not says_no_devices(messages)
     return Snapshot(
         taken_at=taken_at,
         source=source,
@@ -59,7 +63,13 @@ def build_snapshot(outputs: Sequence[ParsedOutput], taken_at: datetime, source: 
         error=error,
         warnings=warnings,
         driver_version=driver_version,
+        unreadable=unreadable,
     )
+
+
+def says_no_devices(messages: Sequence[str]) -> bool:
+    """nvidia-smi's own word that this machine has no NVIDIA GPU (the one error that means CPU mode)."""
+    return any(NO_DEVICES in message.lower() for message in messages)
 
 
 def _merge_gpus(first: tuple[GpuReading, ...], second: tuple[GpuReading, ...]) -> tuple[GpuReading, ...]:
@@ -82,6 +92,7 @@ def _merge_gpus(first: tuple[GpuReading, ...], second: tuple[GpuReading, ...]) -
     return tuple(merged) + tuple(extra.values())
 
 
-def cpu_snapshot(taken_at: datetime, source: str, reason: str) -> Snapshot:
-    """No GPU data at all: the reason is kept so the user is told (seed §6, Error Handling)."""
-    return Snapshot(taken_at=taken_at, source=source, lists_processes=False, error=reason)
+def failed_snapshot(taken_at: datetime, source: str, reason: str, *, no_gpu: bool = False) -> Snapshot:
+    """No GPU data at all, and why (seed §6, Error Handling). Unreadable unless ``no_gpu``: only a
+    machine known to have no NVIDIA GPU or driver is CPU mode; any other failure fails closed."""
+    return Snapshot(taken_at=taken_at, source=source, lists_processes=False, error=reason, unreadable=not no_gpu)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
-from gpuwarden.probe.assemble import build_snapshot, cpu_snapshot
+from gpuwarden.probe.assemble import build_snapshot, failed_snapshot
 from gpuwarden.probe.parse import NvidiaSmiParseError, parse_output
 from gpuwarden.records import Snapshot
 
@@ -63,7 +63,7 @@ class MockSource:
         try:
             outputs = [parse_output(text, self._columns) for text in self._texts()]
         except OSError as error:
-            return cpu_snapshot(now, self.description, f"cannot read mock nvidia-smi output: {error}")
+            return failed_snapshot(now, self.description, f"cannot read mock nvidia-smi output: {error}")
         except NvidiaSmiParseError as error:
-            return cpu_snapshot(now, self.description, f"cannot parse mock nvidia-smi output: {error}")
+            return failed_snapshot(now, self.description, f"cannot parse mock nvidia-smi output: {error}")
         return build_snapshot(outputs, now, self.description)

@@ -99,6 +99,8 @@ class NvmlSource:
                 continue
             gpus.append(self._gpu(nvml, handle, index, messages))
             processes.extend(self._processes(nvml, handle, index))
+        if not count:
+            messages.append("No devices were found (NVML)")
         if gpus and all(gpu.memory_used_mib is None for gpu in gpus):
             raise NvmlUnavailable("no GPU's memory could be read through NVML: " + "; ".join(messages[:3]))
         return ParsedOutput(kind=OutputKind.NVML, gpus=tuple(gpus), processes=tuple(processes),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from gpuwarden.probe.base import GpuSource
@@ -58,7 +58,8 @@ class SharedSource:
     """Wraps a :class:`GpuSource`: at most one probe in flight, its snapshot shared by every waiter.
 
     ``on_change`` is called (outside the lock) when a probe shows something different from the
-    snapshot before it, so open dashboards learn of it without waiting for their own poll.
+    snapshot before it, so open dashboards learn of it without waiting for their own poll. An
+    unreadable snapshot is given the GPUs of the last good one, so the status can still name them.
     """
 
     def __init__(self, source: GpuSource, *, on_change: Callable[[], None] = lambda: None,
@@ -71,6 +72,7 @@ class SharedSource:
         self._generation = 0  # probes finished so far
         self._latest: Snapshot | None = None
         self._latest_at = 0.0
+        self._last_good: Snapshot | None = None
 
     @property
     def description(self) -> str:
@@ -105,7 +107,7 @@ class SharedSource:
         snapshot: Snapshot | None = None
         changed = False
         try:
-            snapshot = self._source.snapshot()
+            snapshot = self._remembering(self._source.snapshot())
         finally:
             with self._condition:
                 if snapshot is not None:
@@ -117,4 +119,12 @@ class SharedSource:
                 self._condition.notify_all()
         if changed:
             self._on_change()
+        return snapshot
+
+    def _remembering(self, snapshot: Snapshot) -> Snapshot:
+        """Keep a good reading; give an unreadable one the last good reading's GPUs and time."""
+        if snapshot.gpus:
+            self._last_good = snapshot
+        elif snapshot.unreadable and self._last_good is not None:
+            snapshot = replace(snapshot, last_good_gpus=self._last_good.gpus, last_good_at=self._last_good.taken_at)
         return snapshot

@@ -56,7 +56,7 @@ def find_nvidia_smi(
     if configured is not None:
         if configured.is_file():
             return configured
-        raise NvidiaSmiNotFound(f"nvidia_smi_path {configured} does not exist")
+        raise NvidiaSmiFailed(f"nvidia_smi_path {configured} does not exist")
     found = shutil.which("nvidia-smi", path=env.get("PATH"))
     if found:
         return Path(found)

@@ -52,7 +52,11 @@ def cpu_button(model: ModelView) -> GpuButton:
 
 
 def buttons_for(model: ModelView, status: StatusDocument) -> list[GpuButton]:
-    """One button per detected GPU (GPU 0 .. GPU N-1), or one CPU button in CPU mode."""
+    """One button per detected GPU (GPU 0 .. GPU N-1), or one CPU button in CPU mode. Unreadable
+    GPUs: the last known ones, disabled with the reason, and the CPU button."""
     if status.cpu_mode:
         return [cpu_button(model)]
-    return [gpu_button(model, gpu) for gpu in status.gpus]
+    buttons = [gpu_button(model, gpu) for gpu in status.gpus]
+    if status.unreadable:
+        buttons.append(cpu_button(model))
+    return buttons
