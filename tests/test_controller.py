@@ -340,3 +340,15 @@ def test_model_removed_from_config_can_still_be_unloaded(fake_smi: FakeSmi, tmp_
     assert not model_pids(fake_smi)
     with pytest.raises(UnknownModel):
         reconfigured.unload("alpha")
+
+
+def test_the_real_host_finds_a_launcher_by_its_log_path(fake_smi: FakeSmi, tmp_path: Path) -> None:
+    controller = controller_for(tmp_path / "state")
+    view = controller.load("alpha", parse_selection("0"))
+    assert view.log_path is not None
+    found = controller.processes.find_launcher(Path(view.log_path))
+    assert found is not None and found[0] == view.pid
+    assert controller.processes.alive(*found)  # the same process: PID and start time
+    assert controller.processes.find_launcher(tmp_path / "no-such.log") is None
+    controller.unload("alpha")
+    assert controller.processes.find_launcher(Path(view.log_path)) is None

@@ -35,9 +35,11 @@ class Clock:
 class Rig:
     """A controller on fakes, and the handles a test needs to drive them."""
 
-    def __init__(self, state_dir: Path, models: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, state_dir: Path, models: list[dict[str, Any]] | None = None,
+                 host: FakeProcessHost | None = None, busy_timeout_seconds: float = 30.0) -> None:
         self.clock = Clock()
-        self.host = FakeProcessHost(state_dir / "logs")
+        self.host = host or FakeProcessHost(state_dir / "logs")
+        self.busy_timeout_seconds = busy_timeout_seconds
         self.settings: Settings = make_settings(state_dir, models=models or [
             {"name": "alpha", "command": ["server", "--port", "{port}"], "startup_grace_seconds": 2},
             {"name": "web", "command": ["server", "--port", "{port}"], "health_url": "http://127.0.0.1:{port}/health",
@@ -48,8 +50,8 @@ class Rig:
     def new_controller(self) -> Controller:
         """Another Controller on the same state (a restart of gpuwarden, or a CLI call beside the server)."""
         source = MockSource(text=TWO_IDLE_GPUS, clock=self.clock)
-        return Controller(self.settings, source, Store(self.settings.state_dir / "gpuwarden.db"), self.host,
-                          clock=self.clock)
+        store = Store(self.settings.state_dir / "gpuwarden.db", self.busy_timeout_seconds)
+        return Controller(self.settings, source, store, self.host, clock=self.clock)
 
     def state(self, name: str) -> ModelState:
         return next(view for view in self.controller.models() if view.name == name).state

@@ -15,8 +15,9 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from pathlib import Path
 
 from gpuwarden import rules
 from gpuwarden.classify import StatusDocument, classify
@@ -25,24 +26,48 @@ from gpuwarden.errors import (
     ControllerError,
     InvalidSetting,
     LaunchFailed,
+    LoadRefused,
     NotLoaded,
     StateUnavailable,
     UnknownModel,
 )
-from gpuwarden.launch import health_url, needs_port, plan_launch
+from gpuwarden.launch import LaunchPlan, health_url, needs_port, plan_launch
 from gpuwarden.probe.base import GpuSource, utc_now
 from gpuwarden.probe.shared import Freshness, SharedSource
 from gpuwarden.process import Launched, LaunchError, ProcessHost
 from gpuwarden.records import ModelState, ModelView, PlacementRecord, PlacementView, Selection, Snapshot
 from gpuwarden.store import Store, StoreError
 
+# How long a placement may wait for its process to be recorded before supervision looks for it.
+LAUNCH_GRACE_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A load whose GPUs are reserved (a committed placement without a process yet)."""
+
+    placement_id: int
+    plan: LaunchPlan
+    log_path: Path
+
 
 @dataclass(frozen=True)
 class Observation:
-    """What one supervision pass saw: models that became healthy, and models that ended."""
+    """What one supervision pass saw: models that became healthy, models that ended, and launchers
+    found again for loads whose process was never recorded."""
 
     promote: tuple[PlacementRecord, ...] = ()
     outcomes: tuple[tuple[PlacementRecord, rules.Outcome], ...] = ()
+    adopt: tuple[tuple[PlacementRecord, int, float], ...] = ()
+
+
+@dataclass
+class _Seen:
+    """An Observation while one pass collects it."""
+
+    promote: list[PlacementRecord] = field(default_factory=list)
+    outcomes: list[tuple[PlacementRecord, rules.Outcome]] = field(default_factory=list)
+    adopt: list[tuple[PlacementRecord, int, float]] = field(default_factory=list)
 
 
 class Controller:
@@ -148,38 +173,67 @@ class Controller:
     # ----------------------------------------------------------------- load / unload
 
     def load(self, name: str, selection: Selection | None = None, requested_by: str | None = None) -> ModelView:
-        """Under the machine-wide lock: a new probe, the default GPUs if none were selected, refuse
-        unsafe GPUs, start, record."""
+        """Reserve first, launch second: under the machine-wide lock a new probe, the default GPUs
+        if none were selected, refusal of unsafe GPUs, and a committed reservation of the GPUs; then
+        the launch, and the process recorded. A launched model is never left running unrecorded:
+        whatever fails after the launch stops it again."""
         spec = self.model_spec(name)
         self.reconcile()
+        reservation = self._reserve(spec, selection, requested_by)
+        self._launch(reservation)
+        self._changed()
+        return next(view for view in self.models() if view.name == name)
+
+    def _reserve(self, spec: ModelConfig, selection: Selection | None, requested_by: str | None) -> Reservation:
         with self._load_lock:
             try:
                 with self.store.exclusive() as tx:
                     active = tx.active_placements()
-                    rules.refuse_if_already_loaded(name, active)
+                    rules.refuse_if_already_loaded(spec.name, active)
                     document = classify(self.snapshot(Freshness.NEW), self.runtime.memory_threshold_mib,
                                         self.placement_views(active))
                     chosen = selection or rules.default_selection(spec, document)
                     uuids = rules.check_selection(chosen, document)
-                    launched, port = self._launch(spec, chosen.gpu_indexes)
-                    tx.insert_placement(
-                        model_name=name, gpu_indexes=chosen.gpu_indexes, gpu_uuids=uuids, pid=launched.pid,
-                        process_start_time=launched.start_time, port=port, started_at=self.clock(),
-                        requested_by=requested_by, log_path=str(launched.log_path))
+                    port = self.processes.free_port() if needs_port(spec) else None
+                    plan = plan_launch(spec, chosen.gpu_indexes, port=port, base_env=os.environ,
+                                       default_cwd=self.settings.state_dir, python=sys.executable)
+                    log_path = self.processes.new_log_path(spec.name)
+                    placement_id = tx.insert_placement(
+                        model_name=spec.name, gpu_indexes=chosen.gpu_indexes, gpu_uuids=uuids, pid=None,
+                        process_start_time=None, port=port, started_at=self.clock(), requested_by=requested_by,
+                        log_path=str(log_path))
             except StoreError as error:
-                raise StateUnavailable(f"cannot load {name}: {error}") from None
-        self._changed()
-        return next(view for view in self.models() if view.name == name)
+                raise StateUnavailable(f"cannot load {spec.name}: {error}") from None
+        return Reservation(placement_id, plan, log_path)
 
-    def _launch(self, spec: ModelConfig, indexes: tuple[int, ...]) -> tuple[Launched, int | None]:
-        port = self.processes.free_port() if needs_port(spec) else None
-        plan = plan_launch(spec, indexes, port=port, base_env=os.environ, default_cwd=self.settings.state_dir,
-                           python=sys.executable)
+    def _launch(self, reservation: Reservation) -> None:
+        plan = reservation.plan
         try:
-            launched = self.processes.launch(model_name=plan.model_name, argv=plan.argv, env=plan.env, cwd=plan.cwd)
+            launched = self.processes.launch(model_name=plan.model_name, argv=plan.argv, env=plan.env,
+                                             cwd=plan.cwd, log_path=reservation.log_path)
         except LaunchError as error:
+            # If the database fails here too, reconcile gives the reservation up later.
+            with contextlib.suppress(StoreError), self.store.exclusive() as tx:
+                tx.delete_reservation(reservation.placement_id)
             raise LaunchFailed(str(error)) from None
-        return launched, plan.port
+        try:
+            with self.store.exclusive() as tx:
+                attached = tx.attach_process(reservation.placement_id, pid=launched.pid,
+                                             process_start_time=launched.start_time)
+        except StoreError as error:
+            self._stop_launched(launched, reservation, f"its process could not be recorded: {error}")
+            raise StateUnavailable(f"cannot load {plan.model_name}: {error}; it was stopped again") from None
+        if not attached:
+            self._stop_launched(launched, reservation, None)
+            raise LoadRefused(f"model {plan.model_name} was unloaded while it started; it was stopped again")
+
+    def _stop_launched(self, launched: Launched, reservation: Reservation, error: str | None) -> None:
+        """A model launched for a load that cannot be recorded: stop it, and give the load up."""
+        self.processes.stop(launched.pid, launched.start_time, self.settings.unload_timeout_seconds)
+        if error is not None:
+            with contextlib.suppress(StoreError), self.store.exclusive() as tx:
+                tx.finish_placement(reservation.placement_id, state=ModelState.FAILED, ended_at=self.clock(),
+                                    exit_code=None, error=error, log_tail=None)
 
     def unload(self, name: str) -> ModelView:
         """Stop the model's whole process tree (graceful, then forced) and free its GPUs. A model
@@ -236,7 +290,7 @@ class Controller:
             return False
         now = self.clock()
         seen = self._observe(active, now, at_startup)
-        changed = bool(seen.outcomes or seen.promote)
+        changed = bool(seen.outcomes or seen.promote or seen.adopt)
         if changed:
             try:
                 generation = self._record(seen, now)
@@ -251,27 +305,50 @@ class Controller:
         return changed
 
     def _observe(self, active: Sequence[PlacementRecord], now: datetime, at_startup: bool) -> Observation:
-        promote: list[PlacementRecord] = []
-        outcomes: list[tuple[PlacementRecord, rules.Outcome]] = []
+        seen = _Seen()
         for record in active:
-            if record.pid is None or not self.processes.alive(record.pid, record.process_start_time):
+            if record.pid is None:
+                self._observe_reservation(record, now, seen)
+            elif not self.processes.alive(record.pid, record.process_start_time):
                 exit_record = self.processes.exit_record(record.log_file)
-                outcomes.append((record, rules.ending(record, exit_record, at_startup=at_startup)))
-                continue
-            if record.state is not ModelState.STARTING:
-                continue
-            spec = self.settings.model(record.model_name)
-            elapsed_seconds = (now - record.started_at).total_seconds()
-            if spec is None or self._healthy(spec, record, elapsed_seconds):
-                promote.append(record)
-            elif elapsed_seconds > spec.startup_timeout_seconds:
+                seen.outcomes.append((record, rules.ending(record, exit_record, at_startup=at_startup)))
+            elif record.state is ModelState.STOPPING and at_startup:
+                # An unload was cut off (gpuwarden killed while stopping the model): finish it.
                 self.processes.stop(record.pid, record.process_start_time, self.settings.unload_timeout_seconds)
-                outcomes.append((record, rules.health_timeout(spec)))
-        return Observation(tuple(promote), tuple(outcomes))
+                exit_record = self.processes.exit_record(record.log_file)
+                seen.outcomes.append((record, rules.ending(record, exit_record, at_startup=True)))
+            elif record.state is ModelState.STARTING:
+                self._observe_starting(record, now, seen)
+        return Observation(tuple(seen.promote), tuple(seen.outcomes), tuple(seen.adopt))
+
+    def _observe_starting(self, record: PlacementRecord, now: datetime, seen: _Seen) -> None:
+        spec = self.settings.model(record.model_name)
+        elapsed_seconds = (now - record.started_at).total_seconds()
+        if spec is None or self._healthy(spec, record, elapsed_seconds):
+            seen.promote.append(record)
+        elif elapsed_seconds > spec.startup_timeout_seconds and record.pid is not None:
+            self.processes.stop(record.pid, record.process_start_time, self.settings.unload_timeout_seconds)
+            seen.outcomes.append((record, rules.health_timeout(spec)))
+
+    def _observe_reservation(self, record: PlacementRecord, now: datetime, seen: _Seen) -> None:
+        """A placement with no process recorded: being launched now, or a load cut off between its
+        launch and the record (gpuwarden killed). Its launcher is found by its unique log path."""
+        if (now - record.started_at).total_seconds() < LAUNCH_GRACE_SECONDS:
+            return
+        found = self.processes.find_launcher(record.log_file) if record.log_file else None
+        if found is None:
+            seen.outcomes.append((record, rules.interrupted_load()))
+        elif record.state is ModelState.STOPPING:
+            self.processes.stop(*found, self.settings.unload_timeout_seconds)
+            seen.outcomes.append((record, (ModelState.STOPPED, None, None)))
+        else:
+            seen.adopt.append((record, *found))
 
     def _record(self, seen: Observation, now: datetime) -> int:
         """Write what a supervision pass saw; the store's generation afterwards."""
         with self.store.exclusive() as tx:
+            for record, pid, start_time in seen.adopt:
+                tx.attach_process(record.id, pid=pid, process_start_time=start_time)
             for record in seen.promote:
                 tx.mark_running(record.id)
             for record, (state, code, error) in seen.outcomes:

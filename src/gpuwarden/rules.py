@@ -95,6 +95,11 @@ def ending(record: PlacementRecord, exit_record: ExitRecord | None, *, at_startu
     return ModelState.FAILED, None, "the model's process disappeared (killed?)"
 
 
+def interrupted_load() -> Outcome:
+    return ModelState.FAILED, None, ("the load was cut off before its process was recorded (gpuwarden stopped?);"
+                                     " no process of it was found running")
+
+
 def health_timeout(spec: ModelConfig) -> Outcome:
     return ModelState.FAILED, None, f"health check did not pass within {spec.startup_timeout_seconds:g} s; stopped"
 

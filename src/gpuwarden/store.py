@@ -128,9 +128,11 @@ class StoreTx:
 
     def insert_placement(
         self, *, model_name: str, gpu_indexes: tuple[int, ...], gpu_uuids: tuple[str | None, ...],
-        pid: int, process_start_time: float, port: int | None, started_at: datetime,
+        pid: int | None, process_start_time: float | None, port: int | None, started_at: datetime,
         requested_by: str | None, log_path: str,
     ) -> int:
+        """A new placement in ``starting``. With ``pid`` None it is a reservation: its GPUs are taken
+        before the model is launched, and :meth:`attach_process` records the process afterwards."""
         cursor = self._execute(
             "INSERT INTO placements (model_name, gpu_indexes, gpu_uuids, pid, process_start_time, port,"
             " started_at, requested_by, state, log_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -138,6 +140,20 @@ class StoreTx:
              port, _iso(started_at), requested_by, ModelState.STARTING.value, log_path))
         self._bump_generation()
         return int(cursor.lastrowid or 0)
+
+    def attach_process(self, placement_id: int, *, pid: int, process_start_time: float) -> bool:
+        """Record the launched process of a reservation. False if the reservation is no longer
+        waiting for it (unloaded or given up meanwhile): the caller must stop what it launched."""
+        cursor = self._execute(
+            "UPDATE placements SET pid = ?, process_start_time = ? WHERE id = ? AND state = ? AND pid IS NULL",
+            (pid, process_start_time, placement_id, ModelState.STARTING.value))
+        self._bump_generation()
+        return cursor.rowcount == 1
+
+    def delete_reservation(self, placement_id: int) -> None:
+        """Forget a reservation whose launch failed (nothing ran)."""
+        self._execute("DELETE FROM placements WHERE id = ? AND pid IS NULL", (placement_id,))
+        self._bump_generation()
 
     def finish_placement(self, placement_id: int, *, state: ModelState, ended_at: datetime, exit_code: int | None,
                          error: str | None, log_tail: str | None) -> None:

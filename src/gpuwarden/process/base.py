@@ -31,8 +31,18 @@ class Launched:
 class ProcessHost(Protocol):
     """Launch, watch and stop model process trees. Never raises for a process that is gone."""
 
-    def launch(self, *, model_name: str, argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> Launched:
-        """Start ``argv`` detached, under the launcher, logging to a new file. Raises LaunchError."""
+    def new_log_path(self, model_name: str) -> Path:
+        """A fresh, unique log file for one load (decided before the launch, and recorded with it)."""
+        ...
+
+    def launch(self, *, model_name: str, argv: Sequence[str], env: Mapping[str, str], cwd: Path,
+               log_path: Path) -> Launched:
+        """Start ``argv`` detached, under the launcher, logging to ``log_path``. Raises LaunchError."""
+        ...
+
+    def find_launcher(self, log_path: Path) -> tuple[int, float] | None:
+        """The PID and start time of the launcher running for ``log_path``, if one runs: how a load
+        whose process was never recorded (gpuwarden killed mid-load) is found again."""
         ...
 
     def alive(self, pid: int, start_time: float | None) -> bool:

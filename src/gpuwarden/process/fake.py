@@ -49,6 +49,7 @@ class FakeProcessHost:
         self._exit_records: dict[Path, ExitRecord] = {}
         self._pids = itertools.count(first_pid)
         self._ports = itertools.count(20000)
+        self._logs = itertools.count(1)
 
     # ---------------------------------------------------------------- what a test does
 
@@ -84,16 +85,25 @@ class FakeProcessHost:
 
     # ---------------------------------------------------------------- ProcessHost
 
-    def launch(self, *, model_name: str, argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> Launched:
+    def new_log_path(self, model_name: str) -> Path:
+        return self.logs_dir / f"{model_name}-{next(self._logs)}.log"
+
+    def launch(self, *, model_name: str, argv: Sequence[str], env: Mapping[str, str], cwd: Path,
+               log_path: Path) -> Launched:
         if self.launch_error is not None:
             raise LaunchError(f"model {model_name}: {self.launch_error}")
         pid = next(self._pids)
-        log_path = self.logs_dir / f"{model_name}-{pid}.log"
         self.processes[pid] = FakeProcess(pid=pid, start_time=FAKE_START_TIME_BASE + pid, model_name=model_name,
                                           argv=tuple(argv), env=dict(env), cwd=cwd, log_path=log_path)
         exit_path = exit_path_for(log_path)
         assert exit_path is not None
         return Launched(pid=pid, start_time=FAKE_START_TIME_BASE + pid, log_path=log_path, exit_path=exit_path)
+
+    def find_launcher(self, log_path: Path) -> tuple[int, float] | None:
+        for process in self.processes.values():
+            if process.log_path == log_path and process.running:
+                return process.pid, process.start_time
+        return None
 
     def alive(self, pid: int, start_time: float | None) -> bool:
         process = self.processes.get(pid)

@@ -62,15 +62,18 @@ class LocalProcessHost:
         self._logs_dir = logs_dir
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
-    def launch(self, *, model_name: str, argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> Launched:
+    def new_log_path(self, model_name: str) -> Path:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        return self._logs_dir / f"{model_name}-{stamp}-{os.getpid()}-{time.monotonic_ns()}.log"
+
+    def launch(self, *, model_name: str, argv: Sequence[str], env: Mapping[str, str], cwd: Path,
+               log_path: Path) -> Launched:
         program = resolve_program(argv[0], cwd, env.get("PATH"))
         if program is None:
             raise LaunchError(f"model {model_name}: command not found: {argv[0]!r}")
         if not cwd.is_dir():
             raise LaunchError(f"model {model_name}: working directory {cwd} does not exist")
-        self._logs_dir.mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        log_path = self._logs_dir / f"{model_name}-{stamp}-{os.getpid()}-{time.monotonic_ns()}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
         exit_path = exit_path_for(log_path)
         assert exit_path is not None
         shim = [sys.executable, "-m", "gpuwarden.process.shim", str(exit_path), "--", program, *argv[1:]]
@@ -87,6 +90,16 @@ class LocalProcessHost:
             child.poll()
             raise LaunchError(f"model {model_name}: its process ended at once; see {log_path}")
         return Launched(pid=child.pid, start_time=start_time, log_path=log_path, exit_path=exit_path)
+
+    def find_launcher(self, log_path: Path) -> tuple[int, float] | None:
+        """The launcher's command line names its exit record, unique to one load."""
+        exit_path = str(exit_path_for(log_path))
+        for process in psutil.process_iter(["cmdline", "create_time"]):
+            with contextlib.suppress(psutil.Error, OSError, TypeError):
+                cmdline = process.info["cmdline"] or []
+                if "gpuwarden.process.shim" in cmdline and exit_path in cmdline:
+                    return process.pid, float(process.info["create_time"])
+        return None
 
     def alive(self, pid: int, start_time: float | None) -> bool:
         try:
