@@ -352,3 +352,24 @@ def test_the_real_host_finds_a_launcher_by_its_log_path(fake_smi: FakeSmi, tmp_p
     assert controller.processes.find_launcher(tmp_path / "no-such.log") is None
     controller.unload("alpha")
     assert controller.processes.find_launcher(Path(view.log_path)) is None
+
+
+KILL_CYCLES = int(os.environ.get("GPUWARDEN_KILL_CYCLES", "30"))
+
+
+def test_killing_the_pid_shown_or_its_launcher_leaves_nothing_running(fake_smi: FakeSmi, tmp_path: Path) -> None:
+    """Load, kill -9 the PID `gpuwarden models` shows (the model) or its launcher, again and again:
+    nothing runs on untracked, and the GPU is free again within 5 s each time."""
+    controller = controller_for(tmp_path / "state")
+    for cycle in range(KILL_CYCLES):
+        controller.load("alpha", parse_selection("0"))
+        assert wait_for(lambda: controller.models()[0].model_pid is not None and model_pids(fake_smi, [0]))
+        shown = controller.models()[0]
+        assert shown.model_pid in model_pids(fake_smi, [0])  # the PID shown is the model's own
+        target = shown.model_pid if cycle % 2 == 0 else shown.pid  # the model, or its launcher
+        psutil.Process(target).kill()
+        started = time.monotonic()
+        assert wait_for(lambda: (controller.reconcile(), controller.models()[0].state)[1] == "failed", 5), cycle
+        assert wait_for(lambda: not model_pids(fake_smi), 5), cycle
+        assert controller.status(Freshness.NOW).gpu(0).loadable, cycle  # type: ignore[union-attr]
+        assert time.monotonic() - started < 5, cycle

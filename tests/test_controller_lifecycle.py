@@ -219,7 +219,7 @@ def test_own_processes_come_from_the_host_tree(rig: Rig) -> None:
     with rig.controller.store.read() as tx:
         records = tx.active_placements()
     [placement] = rig.controller.placement_views(records)
-    assert placement.own_pids == frozenset({pid, child})
+    assert placement.own_pids == frozenset({pid, rig.host.process("alpha").model_pid, child})
     rig.host.vanish(pid)
     [placement] = rig.controller.placement_views(records)
     assert placement.own_pids == frozenset()
@@ -233,3 +233,26 @@ def test_load_without_selection_takes_idle_gpus_inside_the_lock(tmp_path: Path) 
     with pytest.raises(LoadRefused, match=r"model c wants 1 GPU\(s\); idle now: none"):
         rig.controller.load("c")
     assert rig.state("c") is ModelState.NOT_LOADED
+
+
+def test_a_killed_launcher_never_leaves_its_model_running_untracked(rig: Rig) -> None:
+    rig.controller.load("alpha", GPU0)
+    launcher = rig.host.process("alpha")
+    assert rig.view("alpha").model_pid == launcher.model_pid  # users see the model's own PID
+    rig.host.kill_launcher(launcher.pid)  # what `kill -9 <the PID gpuwarden showed>` did before
+    with rig.controller.store.read() as tx:
+        [placement] = rig.controller.placement_views(tx.active_placements())
+    assert launcher.model_pid in placement.own_pids  # still its own, never "someone else"
+    assert rig.controller.reconcile() is True
+    assert rig.host.stops == [launcher.model_pid] and not launcher.model_running
+    view = rig.view("alpha")
+    assert view.state is ModelState.FAILED and f"launcher (PID {launcher.pid}) was killed" in (view.error or "")
+    assert rig.controller.status().gpu(0).loadable  # type: ignore[union-attr]
+
+
+def test_unload_stops_a_model_whose_launcher_is_gone(rig: Rig) -> None:
+    rig.controller.load("alpha", GPU0)
+    launcher = rig.host.process("alpha")
+    rig.host.kill_launcher(launcher.pid)
+    assert rig.controller.unload("alpha").state is ModelState.STOPPED
+    assert not launcher.model_running and launcher.model_pid in rig.host.stops

@@ -90,7 +90,8 @@ def format_models(models: list[ModelView]) -> str:
         gpus = ",".join(map(str, view.gpu_indexes)) if view.gpu_indexes else ("cpu" if view.loaded else "-")
         uptime = "-" if view.uptime_seconds is None else duration_compact(view.uptime_seconds)
         detail = view.error or (f"requested by {view.requested_by}" if view.loaded and view.requested_by else "")
-        lines.append(f"{terminal_safe(view.name):<24} {view.state.value:<11} {gpus:<8} {view.pid or '-':>8}  "
+        pid = view.model_pid or view.pid or "-"  # the model's own process where its launcher recorded it
+        lines.append(f"{terminal_safe(view.name):<24} {view.state.value:<11} {gpus:<8} {pid:>8}  "
                      f"{uptime:>9}  {terminal_safe(detail)}")
     return "\n".join(lines)
 

@@ -15,7 +15,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -31,15 +31,13 @@ from gpuwarden.errors import (
     StateUnavailable,
     UnknownModel,
 )
-from gpuwarden.launch import LaunchPlan, health_url, needs_port, plan_launch
+from gpuwarden.launch import LaunchPlan, needs_port, plan_launch
 from gpuwarden.probe.base import GpuSource, utc_now
 from gpuwarden.probe.shared import Freshness, SharedSource
 from gpuwarden.process import Launched, LaunchError, ProcessHost
 from gpuwarden.records import ModelState, ModelView, PlacementRecord, PlacementView, Selection, Snapshot
 from gpuwarden.store import Store, StoreError
-
-# How long a placement may wait for its process to be recorded before supervision looks for it.
-LAUNCH_GRACE_SECONDS = 30.0
+from gpuwarden.supervision import Supervision
 
 
 @dataclass(frozen=True)
@@ -49,25 +47,6 @@ class Reservation:
     placement_id: int
     plan: LaunchPlan
     log_path: Path
-
-
-@dataclass(frozen=True)
-class Observation:
-    """What one supervision pass saw: models that became healthy, models that ended, and launchers
-    found again for loads whose process was never recorded."""
-
-    promote: tuple[PlacementRecord, ...] = ()
-    outcomes: tuple[tuple[PlacementRecord, rules.Outcome], ...] = ()
-    adopt: tuple[tuple[PlacementRecord, int, float], ...] = ()
-
-
-@dataclass
-class _Seen:
-    """An Observation while one pass collects it."""
-
-    promote: list[PlacementRecord] = field(default_factory=list)
-    outcomes: list[tuple[PlacementRecord, rules.Outcome]] = field(default_factory=list)
-    adopt: list[tuple[PlacementRecord, int, float]] = field(default_factory=list)
 
 
 class Controller:
@@ -86,6 +65,7 @@ class Controller:
         self._changes = threading.Lock()
         self.version = 0
         self._store_generation = -1
+        self._supervision = Supervision(settings, store, processes)
         self._load_runtime_settings()
 
     def _changed(self) -> None:
@@ -134,11 +114,14 @@ class Controller:
 
     def placement_views(self, records: Sequence[PlacementRecord]) -> list[PlacementView]:
         """Where gpuwarden placed models, with each model's own PIDs (its process tree) now."""
-        return [
-            PlacementView(model_name=r.model_name, gpu_indexes=r.gpu_indexes,
-                          own_pids=self.processes.tree(r.pid, r.process_start_time) if r.pid else frozenset())
-            for r in records
-        ]
+        return [PlacementView(model_name=r.model_name, gpu_indexes=r.gpu_indexes, own_pids=self._own_pids(r))
+                for r in records]
+
+    def _own_pids(self, record: PlacementRecord) -> frozenset[int]:
+        """The launcher's tree, and the model's own tree (which outlives a killed launcher)."""
+        launcher = self.processes.tree(record.pid, record.process_start_time) if record.pid else frozenset()
+        model = self.processes.model_process(record.log_file)
+        return launcher | (self.processes.tree(*model) if model is not None else frozenset())
 
     def status(self, freshness: Freshness = Freshness.CACHED, *, threshold_mib: int | None = None) -> StatusDocument:
         """The status document; ``threshold_mib`` classifies with another threshold, this call only."""
@@ -161,7 +144,14 @@ class Controller:
         except StoreError as error:
             raise StateUnavailable(str(error)) from None
         now = self.clock()
-        return [rules.model_view(spec, latest.get(spec.name), now) for spec in self.settings.models]
+        return [rules.model_view(spec, latest.get(spec.name), now, self._model_pid(latest.get(spec.name)))
+                for spec in self.settings.models]
+
+    def _model_pid(self, record: PlacementRecord | None) -> int | None:
+        if record is None or not record.active:
+            return None
+        model = self.processes.model_process(record.log_file)
+        return model[0] if model is not None else None
 
     def model_spec(self, name: str) -> ModelConfig:
         spec = self.settings.model(name)
@@ -252,6 +242,9 @@ class Controller:
         for record in mine:
             if record.pid:
                 self.processes.stop(record.pid, record.process_start_time, self.settings.unload_timeout_seconds)
+            orphan = self.processes.model_process(record.log_file)  # a model whose launcher was killed
+            if orphan is not None:
+                self.processes.stop(*orphan, self.settings.unload_timeout_seconds)
         try:
             with self.store.exclusive() as tx:
                 for record in mine:
@@ -289,11 +282,11 @@ class Controller:
         except StoreError:
             return False
         now = self.clock()
-        seen = self._observe(active, now, at_startup)
+        seen = self._supervision.observe(active, now, at_startup)
         changed = bool(seen.outcomes or seen.promote or seen.adopt)
         if changed:
             try:
-                generation = self._record(seen, now)
+                generation = self._supervision.record(seen, now)
             except StoreError:
                 return False
         if generation != self._store_generation:
@@ -303,65 +296,6 @@ class Controller:
         if changed:
             self._changed()
         return changed
-
-    def _observe(self, active: Sequence[PlacementRecord], now: datetime, at_startup: bool) -> Observation:
-        seen = _Seen()
-        for record in active:
-            if record.pid is None:
-                self._observe_reservation(record, now, seen)
-            elif not self.processes.alive(record.pid, record.process_start_time):
-                exit_record = self.processes.exit_record(record.log_file)
-                seen.outcomes.append((record, rules.ending(record, exit_record, at_startup=at_startup)))
-            elif record.state is ModelState.STOPPING and at_startup:
-                # An unload was cut off (gpuwarden killed while stopping the model): finish it.
-                self.processes.stop(record.pid, record.process_start_time, self.settings.unload_timeout_seconds)
-                exit_record = self.processes.exit_record(record.log_file)
-                seen.outcomes.append((record, rules.ending(record, exit_record, at_startup=True)))
-            elif record.state is ModelState.STARTING:
-                self._observe_starting(record, now, seen)
-        return Observation(tuple(seen.promote), tuple(seen.outcomes), tuple(seen.adopt))
-
-    def _observe_starting(self, record: PlacementRecord, now: datetime, seen: _Seen) -> None:
-        spec = self.settings.model(record.model_name)
-        elapsed_seconds = (now - record.started_at).total_seconds()
-        if spec is None or self._healthy(spec, record, elapsed_seconds):
-            seen.promote.append(record)
-        elif elapsed_seconds > spec.startup_timeout_seconds and record.pid is not None:
-            self.processes.stop(record.pid, record.process_start_time, self.settings.unload_timeout_seconds)
-            seen.outcomes.append((record, rules.health_timeout(spec)))
-
-    def _observe_reservation(self, record: PlacementRecord, now: datetime, seen: _Seen) -> None:
-        """A placement with no process recorded: being launched now, or a load cut off between its
-        launch and the record (gpuwarden killed). Its launcher is found by its unique log path."""
-        if (now - record.started_at).total_seconds() < LAUNCH_GRACE_SECONDS:
-            return
-        found = self.processes.find_launcher(record.log_file) if record.log_file else None
-        if found is None:
-            seen.outcomes.append((record, rules.interrupted_load()))
-        elif record.state is ModelState.STOPPING:
-            self.processes.stop(*found, self.settings.unload_timeout_seconds)
-            seen.outcomes.append((record, (ModelState.STOPPED, None, None)))
-        else:
-            seen.adopt.append((record, *found))
-
-    def _record(self, seen: Observation, now: datetime) -> int:
-        """Write what a supervision pass saw; the store's generation afterwards."""
-        with self.store.exclusive() as tx:
-            for record, pid, start_time in seen.adopt:
-                tx.attach_process(record.id, pid=pid, process_start_time=start_time)
-            for record in seen.promote:
-                tx.mark_running(record.id)
-            for record, (state, code, error) in seen.outcomes:
-                tx.finish_placement(record.id, state=state, ended_at=now, exit_code=code, error=error,
-                                    log_tail=self.processes.log_tail(record.log_file))
-            return tx.generation()
-
-    def _healthy(self, spec: ModelConfig, record: PlacementRecord, elapsed_seconds: float) -> bool:
-        url = health_url(spec, record.gpu_indexes, record.port, sys.executable)
-        if url is not None:
-            return self.processes.healthy(url)
-        return elapsed_seconds >= spec.startup_grace_seconds
-
 
 def current_user() -> str | None:
     try:

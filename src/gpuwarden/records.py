@@ -245,6 +245,7 @@ class ModelView:
     log_tail: str | None
     log_path: str | None
     uptime_seconds: float | None
+    model_pid: int | None = None  # the model's own process; ``pid`` is its launcher's
 
     @classmethod
     def not_loaded(cls, name: str, description: str, default_gpus: int) -> ModelView:
@@ -263,7 +264,7 @@ class ModelView:
         return {
             "name": self.name, "description": self.description, "default_gpus": self.default_gpus,
             "state": self.state.value, "gpus": list(self.gpu_indexes), "cpu": self.on_cpu, "pid": self.pid,
-            "port": self.port,
+            "model_pid": self.model_pid, "port": self.port,
             "started_at": self.started_at.isoformat() if self.started_at else None,
             "ended_at": self.ended_at.isoformat() if self.ended_at else None,
             "requested_by": self.requested_by, "exit_code": self.exit_code, "error": self.error,

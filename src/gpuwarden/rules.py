@@ -104,8 +104,18 @@ def health_timeout(spec: ModelConfig) -> Outcome:
     return ModelState.FAILED, None, f"health check did not pass within {spec.startup_timeout_seconds:g} s; stopped"
 
 
-def model_view(spec: ModelConfig, record: PlacementRecord | None, now: datetime) -> ModelView:
-    """A configured model and its newest placement (None: never loaded)."""
+def orphan_stopped(record: PlacementRecord, model_pid: int) -> Outcome:
+    """A model whose launcher was killed, stopped by supervision."""
+    if record.state is ModelState.STOPPING:
+        return ModelState.STOPPED, None, None
+    return ModelState.FAILED, None, (f"its launcher (PID {record.pid}) was killed; the model (PID {model_pid})"
+                                     " was stopped so that it cannot run untracked")
+
+
+def model_view(spec: ModelConfig, record: PlacementRecord | None, now: datetime,
+               model_pid: int | None = None) -> ModelView:
+    """A configured model and its newest placement (None: never loaded); ``model_pid``: the model's
+    own process, where its launcher recorded it."""
     if record is None:
         return ModelView.not_loaded(spec.name, spec.description, spec.default_gpus)
     return ModelView(
@@ -113,7 +123,8 @@ def model_view(spec: ModelConfig, record: PlacementRecord | None, now: datetime)
         gpu_indexes=record.gpu_indexes, pid=record.pid, port=record.port, started_at=record.started_at,
         ended_at=record.ended_at, requested_by=record.requested_by, exit_code=record.exit_code,
         error=record.error, log_tail=record.log_tail if not record.active else None, log_path=record.log_path,
-        uptime_seconds=(now - record.started_at).total_seconds() if record.active else None)
+        uptime_seconds=(now - record.started_at).total_seconds() if record.active else None,
+        model_pid=model_pid)
 
 
 def unconfigured_view(record: PlacementRecord) -> ModelView:

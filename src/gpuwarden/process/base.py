@@ -45,6 +45,10 @@ class ProcessHost(Protocol):
         whose process was never recorded (gpuwarden killed mid-load) is found again."""
         ...
 
+    def model_process(self, log_path: Path | None) -> tuple[int, float | None] | None:
+        """The model's own process (the launcher's child), while it runs: its PID and start time."""
+        ...
+
     def alive(self, pid: int, start_time: float | None) -> bool:
         """The same process (PID and start time) still runs and is not a zombie."""
         ...

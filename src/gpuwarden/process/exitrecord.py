@@ -1,7 +1,8 @@
-"""The launcher's record of how a model ended: ``<log>.exit.json`` beside the model's log.
+"""The launcher's records beside a model's log: ``<log>.model.json`` (the model's own process, written
+when it starts) and ``<log>.exit.json`` (how it ended).
 
-The launcher (:mod:`gpuwarden.process.shim`) writes it; the host reads it. The format lives here
-only. The file is untrusted when read: anything that does not decode is no record.
+The launcher (:mod:`gpuwarden.process.shim`) writes them; the host reads them. The formats live here
+only. The files are untrusted when read: anything that does not decode is no record.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 EXIT_SUFFIX = ".exit.json"
+MODEL_SUFFIX = ".model.json"
 MAX_ERROR_CHARS = 1000
 
 
@@ -26,23 +28,56 @@ def exit_path_for(log_path: Path | None) -> Path | None:
     return log_path.with_suffix(EXIT_SUFFIX) if log_path is not None else None
 
 
-def write_exit_record(path: Path, exit_code: int | None, error: str | None) -> None:
-    """Write atomically (a temporary file, then a rename), so a reader never sees half a record."""
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps({"exit_code": exit_code, "error": error, "ended_at": time.time()}),
-                         encoding="utf-8")
+def model_path_for(log_path: Path | None) -> Path | None:
+    """Where the launcher records the model's own process (its PID and start time)."""
+    return log_path.with_suffix(MODEL_SUFFIX) if log_path is not None else None
+
+
+def model_path_beside(exit_path: Path) -> Path:
+    """The model record that goes with the exit record ``exit_path`` (the launcher knows only that)."""
+    return exit_path.with_name(exit_path.name.removesuffix(EXIT_SUFFIX) + MODEL_SUFFIX)
+
+
+def _write_atomically(path: Path, data: dict[str, object]) -> None:
+    """A temporary file, then a rename: a reader never sees half a record."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(data), encoding="utf-8")
     temporary.replace(path)
 
 
-def read_exit_record(path: Path | None) -> ExitRecord | None:
-    """The record at ``path``, or None where there is none or it does not decode."""
+def write_exit_record(path: Path, exit_code: int | None, error: str | None) -> None:
+    _write_atomically(path, {"exit_code": exit_code, "error": error, "ended_at": time.time()})
+
+
+def write_model_record(path: Path, pid: int, start_time: float | None) -> None:
+    _write_atomically(path, {"pid": pid, "start_time": start_time})
+
+
+def read_model_record(path: Path | None) -> tuple[int, float | None] | None:
+    """The model's own PID and start time as its launcher recorded them, or None."""
+    data = _read_json(path)
+    if data is None:
+        return None
+    pid, start_time = data.get("pid"), data.get("start_time")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return None
+    return pid, float(start_time) if isinstance(start_time, (int, float)) and not isinstance(start_time, bool) else None
+
+
+def _read_json(path: Path | None) -> dict[str, object] | None:
     if path is None:
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(data, dict):
+    return data if isinstance(data, dict) else None
+
+
+def read_exit_record(path: Path | None) -> ExitRecord | None:
+    """The record at ``path``, or None where there is none or it does not decode."""
+    data = _read_json(path)
+    if data is None:
         return None
     code = data.get("exit_code")
     error = data.get("error")

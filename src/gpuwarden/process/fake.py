@@ -28,8 +28,10 @@ class FakeProcess:
     env: dict[str, str]
     cwd: Path
     log_path: Path
-    children: set[int] = field(default_factory=set)
+    model_pid: int = 0  # the model's own process, the launcher's child
+    children: set[int] = field(default_factory=set)  # further processes the model started
     running: bool = True
+    model_running: bool = True
     ignores_stop: bool = False
     log_lines: list[str] = field(default_factory=list)
 
@@ -66,16 +68,22 @@ class FakeProcessHost:
     def exit(self, pid: int, exit_code: int, error: str | None = None) -> None:
         """The model ends by itself; its launcher records the exit code."""
         process = self.processes[pid]
-        process.running = False
+        process.running = process.model_running = False
         self._exit_records[process.log_path] = ExitRecord(exit_code=exit_code, error=error)
 
     def vanish(self, pid: int) -> None:
         """The model and its launcher are killed together: no exit record."""
+        process = self.processes[pid]
+        process.running = process.model_running = False
+
+    def kill_launcher(self, pid: int) -> None:
+        """Only the launcher is killed: its model runs on (as where no parent-death signal exists)."""
         self.processes[pid].running = False
 
     def reuse_pid(self, pid: int) -> None:
         """The model is gone and the OS gave its PID to an unrelated program (another start time)."""
         process = self.processes[pid]
+        process.model_running = False
         process.running = True
         process.start_time += 3600.0
         process.children.clear()
@@ -92,9 +100,10 @@ class FakeProcessHost:
                log_path: Path) -> Launched:
         if self.launch_error is not None:
             raise LaunchError(f"model {model_name}: {self.launch_error}")
-        pid = next(self._pids)
+        pid, model_pid = next(self._pids), next(self._pids)
         self.processes[pid] = FakeProcess(pid=pid, start_time=FAKE_START_TIME_BASE + pid, model_name=model_name,
-                                          argv=tuple(argv), env=dict(env), cwd=cwd, log_path=log_path)
+                                          argv=tuple(argv), env=dict(env), cwd=cwd, log_path=log_path,
+                                          model_pid=model_pid)
         exit_path = exit_path_for(log_path)
         assert exit_path is not None
         return Launched(pid=pid, start_time=FAKE_START_TIME_BASE + pid, log_path=log_path, exit_path=exit_path)
@@ -105,7 +114,19 @@ class FakeProcessHost:
                 return process.pid, process.start_time
         return None
 
+    def model_process(self, log_path: Path | None) -> tuple[int, float | None] | None:
+        for process in self.processes.values():
+            if process.log_path == log_path and process.model_running:
+                return process.model_pid, FAKE_START_TIME_BASE + process.model_pid
+        return None
+
+    def _owner_of_model(self, pid: int) -> FakeProcess | None:
+        return next((p for p in self.processes.values() if p.model_pid == pid and p.model_running), None)
+
     def alive(self, pid: int, start_time: float | None) -> bool:
+        owner = self._owner_of_model(pid)
+        if owner is not None:
+            return start_time is None or start_time == FAKE_START_TIME_BASE + pid
         process = self.processes.get(pid)
         if process is None or not process.running:
             return False
@@ -114,17 +135,23 @@ class FakeProcessHost:
     def tree(self, pid: int, start_time: float | None) -> frozenset[int]:
         if not self.alive(pid, start_time):
             return frozenset()
-        return frozenset({pid, *self.processes[pid].children})
+        process = self._owner_of_model(pid) or self.processes[pid]
+        model = {process.model_pid} if process.model_running else set()
+        return frozenset({pid, *model, *process.children})
 
     def stop(self, pid: int, start_time: float | None, timeout_seconds: float) -> None:
         self.stops.append(pid)
         if not self.alive(pid, start_time):
             return
-        process = self.processes[pid]
+        owner = self._owner_of_model(pid)
+        if owner is not None and not owner.running:  # a model whose launcher is gone: no one records it
+            owner.model_running = False
+            return
+        process = owner or self.processes[pid]
         if not process.ignores_stop:
-            self.exit(pid, self.stop_exit_code)
+            self.exit(process.pid, self.stop_exit_code)
         else:  # killed after the timeout, with its launcher: no record
-            self.vanish(pid)
+            self.vanish(process.pid)
 
     def healthy(self, url: str) -> bool:
         return url in self.healthy_urls

@@ -23,7 +23,13 @@ from pathlib import Path
 import psutil
 
 from gpuwarden.process.base import Launched, LaunchError
-from gpuwarden.process.exitrecord import ExitRecord, exit_path_for, read_exit_record
+from gpuwarden.process.exitrecord import (
+    ExitRecord,
+    exit_path_for,
+    model_path_for,
+    read_exit_record,
+    read_model_record,
+)
 
 START_TIME_TOLERANCE_SECONDS = 0.5
 LOG_TAIL_LINES = 20
@@ -100,6 +106,12 @@ class LocalProcessHost:
                 if "gpuwarden.process.shim" in cmdline and exit_path in cmdline:
                     return process.pid, float(process.info["create_time"])
         return None
+
+    def model_process(self, log_path: Path | None) -> tuple[int, float | None] | None:
+        recorded = read_model_record(model_path_for(log_path))
+        if recorded is None or not self.alive(*recorded):
+            return None
+        return recorded
 
     def alive(self, pid: int, start_time: float | None) -> bool:
         try:

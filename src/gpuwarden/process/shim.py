@@ -9,13 +9,36 @@ on to the model.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 from types import FrameType
 
-from gpuwarden.process.exitrecord import write_exit_record
+from gpuwarden.process.exitrecord import model_path_beside, write_exit_record, write_model_record
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_launcher() -> None:
+    """Linux, in the model's process before it runs: the kernel sends it SIGTERM if the launcher
+    dies (killed with SIGKILL, say), so a model never runs on without its launcher."""
+    import ctypes
+
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    if os.getppid() != parent:  # the launcher died before the call
+        os._exit(1)
+
+
+def _start_time(pid: int) -> float | None:
+    try:
+        import psutil
+
+        return float(psutil.Process(pid).create_time())
+    except Exception:  # noqa: BLE001 - the record is a help, never a reason to fail the model
+        return None
 
 
 def main(argv: list[str]) -> int:
@@ -25,12 +48,15 @@ def main(argv: list[str]) -> int:
     exit_file = Path(argv[0])
     command = argv[2:]
     try:
-        child = subprocess.Popen(command)
+        child = subprocess.Popen(command, preexec_fn=_die_with_launcher if sys.platform == "linux" else None)
     except OSError as error:
         message = f"cannot start {command[0]!r}: {error.strerror or error}"
         print(f"gpuwarden: {message}", file=sys.stderr, flush=True)
         write_exit_record(exit_file, 127, message)
         return 127
+
+    with contextlib.suppress(OSError):
+        write_model_record(model_path_beside(exit_file), child.pid, _start_time(child.pid))
 
     def forward(signum: int, frame: FrameType | None) -> None:
         with contextlib.suppress(OSError):
