@@ -228,3 +228,12 @@ def test_models_load_unload_commands(fake_smi: Any, capsys: pytest.CaptureFixtur
     assert code == 1 and "not loaded" in err
     code, _, err = run_cli([*base, "load", "nope"], {}, capsys, monkeypatch, tmp_path)
     assert code == 1 and "unknown model" in err
+
+
+def test_an_unknown_variable_is_a_warning_not_an_exit(capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    env = {"GPUWARDEN_MOCK_SMI_TEXT": "0, 1 MiB\n", "GPUWARDEN_REFRESH_INTERVAL": "60"}
+    code, out, err = run_cli(["status"], env, capsys, monkeypatch, tmp_path)
+    assert code == 0 and "Total GPUs: 1" in out
+    assert err.strip() == ("gpuwarden: warning: ignoring unknown environment variable GPUWARDEN_REFRESH_INTERVAL;"
+                           " did you mean GPUWARDEN_REFRESH_INTERVAL_SECONDS?")

@@ -43,10 +43,12 @@ def test_config_from_environment_variable(tmp_path: Path) -> None:
     ("refresh_interval_seconds = 0\n", {}, "'refresh_interval_seconds'"),
     ("colour = 1\n", {}, "unknown setting 'colour'"),
     ("", {"GPUWARDEN_PORT": "http"}, "GPUWARDEN_PORT"),
-    ("", {"GPUWARDEN_THRESHOLD": "3"}, "GPUWARDEN_THRESHOLD"),
+    ("", {"GPUWARDEN_MODELS": "[]"}, "models (and their commands) come only from the config file"),
+    ('[[models]]\nname = "a"\ncommand = ["x", "--port", "{prot}"]\n', {}, "unknown placeholder {prot} (known: {port}"),
     ('[[models]]\nname = "a b"\ncommand = ["x"]\n', {}, "'models.0.name'"),
     ('[[models]]\nname = "a"\ncommand = []\n', {}, "'models.0.command'"),
-    ('[[models]]\nname = "a"\ncommand = "rm -rf /"\n', {}, "'models.0.command'"),
+    ('[[models]]\nname = "a"\ncommand = "sleep 9"\n', {}, "'models.0.command' (from config file"),
+    ('[[models]]\nname = "a"\ncommand = "sleep 9"\n', {}, 'command must be a list of arguments, e.g. ["sleep", "9"]'),
     ('[[models]]\nname = "a"\ncommand = ["x"]\n[[models]]\nname = "a"\ncommand = ["y"]\n', {}, "duplicate name a"),
     ("memory_threshold_mib = \n", {}, "not valid TOML"),
 ])
@@ -93,3 +95,31 @@ def test_runtime_settings_are_one_value_and_ignore_bad_saved_values() -> None:
     assert base.updated({"memory_threshold_mib": True, "refresh_interval_seconds": "60"}) == base
     assert base.updated({"memory_threshold_mib": 10_000_001}) == base
     assert base.to_dict() == {"memory_threshold_mib": 30, "refresh_interval_seconds": 300}  # never mutated
+
+
+def test_unknown_environment_variables_warn_with_the_closest_setting(tmp_path: Path) -> None:
+    env = {"GPUWARDEN_THRESHOLD": "3", "GPUWARDEN_CHROMIUM": "/usr/bin/chromium", "GPUWARDEN_PORT": "9001"}
+    settings = load_settings(None, environ={**env, "XDG_CONFIG_HOME": str(tmp_path)})
+    assert settings.port == 9001 and settings.memory_threshold_mib == 30  # nothing guessed, nothing stopped
+    assert settings.notes == ("ignoring unknown environment variable GPUWARDEN_THRESHOLD; "
+                              "did you mean GPUWARDEN_MEMORY_THRESHOLD_MIB?",)
+    assert load_settings(None, environ={"GPUWARDEN_ZZZ": "1", "XDG_CONFIG_HOME": str(tmp_path)}).notes == (
+        "ignoring unknown environment variable GPUWARDEN_ZZZ",)
+
+
+def test_relative_paths_in_the_config_file_are_read_from_its_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    config = write(folder / "g.toml", 'mock_smi = "gpu.txt"\nstate_dir = "state"\nnvidia_smi_path = "bin/smi"\n'
+                                     '[[models]]\nname = "a"\ncommand = ["x"]\ncwd = "models"\n')
+    settings = load_settings(config, environ={})
+    assert settings.mock_smi == folder / "gpu.txt" and settings.state_dir == folder / "state"
+    assert settings.nvidia_smi_path == folder / "bin" / "smi" and settings.models[0].cwd == folder / "models"
+    absolute = load_settings(config, environ={"GPUWARDEN_STATE_DIR": str(tmp_path / "elsewhere")})
+    assert absolute.state_dir == tmp_path / "elsewhere"  # the environment is not the file
+
+
+def test_the_demo_lives_inside_the_configured_state_dir(tmp_path: Path) -> None:
+    from gpuwarden.demo import demo_overrides
+
+    assert demo_overrides(tmp_path / "mine")["state_dir"] == tmp_path / "mine" / "demo"

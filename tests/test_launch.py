@@ -16,12 +16,12 @@ def spec(**values: object) -> ModelConfig:
 
 def test_plan_fills_placeholders_and_selects_gpus() -> None:
     model = spec(command=["{python}", "-m", "srv", "--port", "{port}", "--gpus", "{gpus}", "--name", "{model}"],
-                 env={"EXTRA": "on {gpus}", "KEEP": "{unknown} {0}"})
+                 env={"EXTRA": "on {gpus}", "KEEP": "{not-a-name} {0}"})
     plan = plan_launch(model, (0, 2), port=8123, base_env={"PATH": "/bin"}, default_cwd=Path("/state"),
                        python=PYTHON)
     assert plan.argv == (PYTHON, "-m", "srv", "--port", "8123", "--gpus", "0,2", "--name", "llama")
     assert plan.port == 8123 and plan.cwd == Path("/state") and plan.model_name == "llama"
-    assert dict(plan.env) == {"PATH": "/bin", "EXTRA": "on 0,2", "KEEP": "{unknown} {0}",
+    assert dict(plan.env) == {"PATH": "/bin", "EXTRA": "on 0,2", "KEEP": "{not-a-name} {0}",
                               "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "0,2",
                               "GPUWARDEN_MODEL": "llama"}
 

@@ -27,14 +27,17 @@ EXIT_FAILED = 1
 EXIT_CONFIG = 2
 
 
-def _settings(ctx: click.Context, overrides: dict[str, Any] | None = None) -> Settings:
+def _settings(ctx: click.Context, overrides: dict[str, Any] | None = None, *, quiet: bool = False) -> Settings:
     config: Path | None = ctx.obj.get("config") if ctx.obj else None
     try:
-        return load_settings(config, overrides=overrides)
+        settings = load_settings(config, overrides=overrides)
     except ConfigError as error:
         click.echo(f"gpuwarden: configuration error: {error}", err=True)
         ctx.exit(EXIT_CONFIG)
         raise AssertionError("unreachable") from None
+    for note in () if quiet else settings.notes:
+        click.echo(f"gpuwarden: warning: {terminal_safe(note)}", err=True)
+    return settings
 
 
 def _fail(ctx: click.Context, error: ControllerError) -> None:
@@ -188,11 +191,13 @@ def serve(ctx: click.Context, host: str | None, port: int | None, demo: bool) ->
     from gpuwarden.demo import demo_overrides
     from gpuwarden.web.server import run_server
 
-    overrides: dict[str, Any] = demo_overrides() if demo else {}
+    overrides: dict[str, Any] = {}
     if host is not None:
         overrides["host"] = host
     if port is not None:
         overrides["port"] = port
+    if demo:  # the demo keeps its state in a folder of its own inside the configured state_dir
+        overrides.update(demo_overrides(_settings(ctx, overrides, quiet=True).state_dir))
     settings = _settings(ctx, overrides)
     run_server(settings)
 

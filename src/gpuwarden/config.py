@@ -6,6 +6,8 @@ message names the key, so start-up stops with a sentence the user can act on.
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
 import re
 import sys
@@ -15,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, TypeGuard
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "GPUWARDEN_"
@@ -25,6 +27,9 @@ RUNTIME_SETTING_RANGES: dict[str, tuple[int, int]] = {
     "refresh_interval_seconds": (1, 86_400),
 }
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# The placeholders a model's command, env and health URL may use (filled in by gpuwarden.launch).
+PLACEHOLDERS = ("port", "gpus", "model", "python")
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class ConfigError(Exception):
@@ -71,12 +76,29 @@ class ModelConfig(BaseModel):
         default=2.0, ge=0, description="Without health_url: how long the process must stay alive to count as running.")
     description: str = Field(default="", max_length=500, description="Shown in the dashboard.")
 
+    @field_validator("command", mode="before")
+    @classmethod
+    def _command_is_a_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            raise ValueError(f"command must be a list of arguments, e.g. {json.dumps(value.split()[:3])}, "
+                             "never a shell string")
+        return value
+
     @field_validator("command")
     @classmethod
     def _command_words(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if not value[0].strip():
             raise ValueError("the program (first word) is empty")
         return value
+
+    @model_validator(mode="after")
+    def _known_placeholders(self) -> ModelConfig:
+        texts = [*self.command, *self.env.values(), self.health_url or ""]
+        unknown = sorted({name for text in texts for name in PLACEHOLDER.findall(text)} - set(PLACEHOLDERS))
+        if unknown:
+            known = ", ".join("{" + name + "}" for name in PLACEHOLDERS)
+            raise ValueError(f"unknown placeholder {', '.join('{' + n + '}' for n in unknown)} (known: {known})")
+        return self
 
     @field_validator("env")
     @classmethod
@@ -122,6 +144,7 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address `gpuwarden serve` listens on.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port `gpuwarden serve` listens on.")
     models: tuple[ModelConfig, ...] = Field(default=(), description="The models users can load ([[models]]).")
+    _notes: tuple[str, ...] = PrivateAttr(default=())
 
     @field_validator("mock_smi_text", "mock_smi_columns")
     @classmethod
@@ -148,6 +171,11 @@ class Settings(BaseSettings):
         # load_settings merges file, environment and overrides into one dict first, so that a
         # validation error names the key whichever source gave it.
         return (init_settings,)
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """Warnings from reading the settings (unknown GPUWARDEN_* variables): shown, never fatal."""
+        return self._notes
 
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)
@@ -211,18 +239,55 @@ def load_settings(
         for key, value in env.items()
         if key.upper().startswith(ENV_PREFIX) and key[len(ENV_PREFIX):].lower() != "config"
     }
-    unknown_env = sorted(k for k in env_values if k not in Settings.model_fields or k == "models")
-    if unknown_env:
-        raise ConfigError(
-            "unknown setting " + ", ".join(f"'{ENV_PREFIX}{k.upper()}' in the environment" for k in unknown_env))
-    merged = {**file_values, **env_values, **(overrides or {})}
+    if "models" in env_values:
+        raise ConfigError(f"'{ENV_PREFIX}MODELS' in the environment: models (and their commands) come only from"
+                          f" the config file ({path})")
+    notes = [_unknown_variable_note(key) for key in sorted(env_values) if key not in Settings.model_fields]
+    env_values = {key: value for key, value in env_values.items() if key in Settings.model_fields}
+    merged = {**_paths_from(file_values, path.parent), **env_values, **(overrides or {})}
     try:
-        return Settings(**merged)
+        settings = Settings(**merged)
     except ValidationError as error:
         origin = dict.fromkeys(file_values, file_origin)
         origin.update({key: f"environment variable {ENV_PREFIX}{key.upper()}" for key in env_values})
         origin.update(dict.fromkeys(overrides or {}, "the command line"))
         raise ConfigError(_format_validation_error(error, origin, file_origin)) from None
+    settings._notes = tuple(note for note in notes if note)
+    return settings
+
+
+# GPUWARDEN_* variables that are not settings but are meant for gpuwarden's tools: never warned about.
+OTHER_VARIABLES = frozenset({"config", "model", "chromium", "require_browser", "update_golden", "kill_cycles"})
+
+
+def _unknown_variable_note(key: str) -> str | None:
+    """A warning for an unknown GPUWARDEN_* variable, naming the closest setting."""
+    if key in OTHER_VARIABLES:
+        return None
+    close = difflib.get_close_matches(key, [name for name in Settings.model_fields if name != "models"], n=1,
+                                      cutoff=0.5)
+    hint = f"; did you mean {ENV_PREFIX}{close[0].upper()}?" if close else ""
+    return f"ignoring unknown environment variable {ENV_PREFIX}{key.upper()}{hint}"
+
+
+# Settings holding paths: relative ones in the config file are read from the file's own folder.
+FILE_RELATIVE_PATHS = ("mock_smi", "nvidia_smi_path", "state_dir")
+
+
+def _paths_from(file_values: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The file's values with its relative paths made absolute from the file's folder (not from
+    wherever gpuwarden happens to be started)."""
+    values = dict(file_values)
+    for key in FILE_RELATIVE_PATHS:
+        if isinstance(values.get(key), str) and values[key]:
+            parts = values[key].split(os.pathsep) if key == "mock_smi" else [values[key]]
+            values[key] = os.pathsep.join(str(folder / Path(part)) for part in parts if part)
+    if isinstance(values.get("models"), list):
+        values["models"] = [
+            {**model, "cwd": str(folder / Path(model["cwd"]))}
+            if isinstance(model, dict) and isinstance(model.get("cwd"), str) and model["cwd"] else model
+            for model in values["models"]]
+    return values
 
 
 def runtime_setting_in_range(value: object, key: str) -> TypeGuard[int]:

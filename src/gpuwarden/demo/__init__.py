@@ -24,13 +24,14 @@ def demo_smi_path() -> Path:
     return Path(__file__).resolve().parents[3] / "data" / DEMO_SMI_NAME
 
 
-def demo_overrides() -> dict[str, Any]:
-    """Settings for ``serve --demo``: mock GPUs, demo models, a state directory of its own."""
+def demo_overrides(state_dir: Path | None = None) -> dict[str, Any]:
+    """Settings for ``serve --demo``: mock GPUs, demo models, and ``<state_dir>/demo`` (the
+    configured state_dir, else the default) as a state directory of its own."""
     command = [sys.executable, "-m", "gpuwarden.demo.model_server", "--port", "{port}"]
     return {
         "mock_smi": demo_smi_path(),
         "mock_smi_text": None,
-        "state_dir": default_state_dir() / "demo",
+        "state_dir": (state_dir or default_state_dir()) / "demo",
         "models": [
             {"name": "llama-7b", "command": command, "health_url": "http://127.0.0.1:{port}/health",
              "description": "Demo model (a harmless local program)."},
