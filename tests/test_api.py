@@ -180,6 +180,29 @@ async def test_selection_edges_answer_like_the_rest(client: httpx.AsyncClient, f
     await client.post("/dashboard/models/gamma/unload", headers=HX)
 
 
+async def test_hostile_bodies_get_4xx_never_5xx(client: httpx.AsyncClient) -> None:
+    json_headers = {"Content-Type": "application/json"}
+    for raw in (b'{"gpus": [NaN]}', b'{"gpus": Infinity}', b'{"gpus": [1e400]}', b'{"requested_by": NaN}',
+                b'{"gpus": "0", "extra": -Infinity}'):
+        response = await client.post("/api/models/alpha/load", content=raw, headers=json_headers)
+        assert response.status_code == 422, (raw, response.status_code, response.text)
+    for raw in (b'{"memory_threshold_mib": NaN}', b'{"memory_threshold_mib": 1e400}',
+                b'{"refresh_interval_seconds": Infinity}'):
+        response = await client.put("/api/settings", content=raw, headers=json_headers)
+        assert response.status_code == 422, (raw, response.text)
+        assert "NaN" not in response.text and "inf" not in response.text.lower()  # no echo of the input
+    huge = b'{"gpus": "0", "requested_by": "' + b"x" * 2_000_000 + b'"}'
+    assert (await client.post("/api/models/alpha/load", content=huge, headers=json_headers)).status_code == 413
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted while read
+        for _ in range(100):
+            yield b" " * 10_000
+
+    chunked = await client.post("/api/models/alpha/load", content=chunks(), headers=json_headers)
+    assert chunked.status_code == 413
+    assert (await client.get("/api/models")).json()[0]["state"] == "not_loaded"
+
+
 async def test_cross_site_requests_are_refused(client: httpx.AsyncClient) -> None:
     # A page on another site can send a "simple" POST (text/plain body) without a preflight...
     simple = await client.post("/api/models/alpha/load", content=b'{"gpus": "0"}',

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -30,7 +31,7 @@ from gpuwarden.errors import (
     UnknownModel,
 )
 from gpuwarden.probe.shared import Freshness
-from gpuwarden.web import api, pages
+from gpuwarden.web import api, limits, pages
 
 MONITOR_INTERVAL_SECONDS = 1.0
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
@@ -111,6 +112,8 @@ def create_app(controller: Controller, *, monitor: bool = True) -> FastAPI:
         # Served on loopback only: refuse other Host names, so a web page that rebinds its own DNS
         # name to 127.0.0.1 cannot drive gpuwarden from the user's browser.
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_NAMES))
+    app.add_exception_handler(RequestValidationError, limits.validation_error)
+    app.add_middleware(limits.BodyLimit)
     app.include_router(api.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
