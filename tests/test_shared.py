@@ -106,3 +106,23 @@ def test_a_failing_probe_releases_the_waiters() -> None:
         with contextlib.suppress(RuntimeError):
             shared.snapshot(Freshness.NOW)
     assert source.calls == 2 and shared.latest is None  # not left "in flight": the second call probed again
+
+
+def test_a_failed_reading_is_shared_for_the_gap_except_before_a_load() -> None:
+    class Failing(CountingSource):
+        def snapshot(self) -> Snapshot:
+            self.calls += 1
+            return Snapshot(taken_at=NOW, source="x", error="nvidia-smi did not answer", unreadable=True)
+
+    source, clock = Failing(), FakeMonotonic()
+    shared = SharedSource(source, monotonic=clock, failure_gap_seconds=5)
+    shared.snapshot(Freshness.NOW)
+    clock.now += 4
+    assert shared.peek(Freshness.NOW) is not None and shared.snapshot(Freshness.NOW).unreadable
+    assert source.calls == 1  # a hung nvidia-smi is not run back to back
+    shared.snapshot(Freshness.NEW)
+    assert source.calls == 2  # the check before a load always runs
+    clock.now += 6
+    assert shared.peek(Freshness.NOW) is None and source.calls == 2  # peeking never probes
+    shared.snapshot(Freshness.NOW)
+    assert source.calls == 3

@@ -4,7 +4,9 @@ with the fake nvidia-smi, and the real CLI."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +26,8 @@ FAILURES = ("fail", "garbage", "hang")
 
 
 def controller_for(tmp_path: Path, **overrides: Any) -> Controller:
-    return build_controller(make_settings(tmp_path / "state", models=FAKE_MODELS, unload_timeout_seconds=3,
-                                          nvidia_smi_timeout_seconds=1, **overrides))
+    values: dict[str, Any] = {"models": FAKE_MODELS, "unload_timeout_seconds": 3, "nvidia_smi_timeout_seconds": 1}
+    return build_controller(make_settings(tmp_path / "state", **{**values, **overrides}))
 
 
 @pytest.mark.parametrize("mode", FAILURES)
@@ -107,3 +109,28 @@ async def test_dashboard_says_unreadable_and_offers_only_the_cpu(fake_smi: FakeS
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_a_hung_nvidia_smi_starves_nothing(fake_smi: FakeSmi, tmp_path: Path) -> None:
+    """50 pollers wait on a hung nvidia-smi; every endpoint that needs no new reading still answers at
+    once, and the hung program is run once for all of them."""
+    controller = controller_for(tmp_path, nvidia_smi_timeout_seconds=3)
+    controller.status(Freshness.NOW)
+    fake_smi.set_mode("hang")
+    before = fake_smi.calls
+    app = create_app(controller, monitor=False)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8000",
+                                 timeout=60) as http:
+        pollers = [asyncio.ensure_future(http.get("/api/gpus", params={"refresh": "true"})) for _ in range(50)]
+        await asyncio.sleep(0.3)
+        slowest = 0.0
+        for path in ("/api/settings", "/api/models", "/api/gpus", "/") * 5:
+            started = time.monotonic()
+            assert (await http.get(path)).status_code == 200
+            slowest = max(slowest, time.monotonic() - started)
+        assert not any(p.done() for p in pollers)  # they are still waiting for the hung nvidia-smi ...
+        answers = await asyncio.gather(*pollers)
+    assert slowest < 1.0, slowest  # ... while nothing else waited for it (bench/ measures the p99)
+    assert all(a.status_code == 200 and a.json()["mode"] == "unreadable" for a in answers)
+    assert fake_smi.calls - before == 1

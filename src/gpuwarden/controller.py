@@ -125,7 +125,10 @@ class Controller:
 
     def status(self, freshness: Freshness = Freshness.CACHED, *, threshold_mib: int | None = None) -> StatusDocument:
         """The status document; ``threshold_mib`` classifies with another threshold, this call only."""
-        snapshot = self.snapshot(freshness)
+        return self.status_of(self.snapshot(freshness), threshold_mib=threshold_mib)
+
+    def status_of(self, snapshot: Snapshot, *, threshold_mib: int | None = None) -> StatusDocument:
+        """The status document for a snapshot already taken (the web layer awaits it without a thread)."""
         threshold = self.runtime.memory_threshold_mib if threshold_mib is None else threshold_mib
         try:
             with self.store.read() as tx:

@@ -49,6 +49,10 @@ Freshness.NOW = Freshness(max_age_seconds=0.0)
 Freshness.NEW = Freshness(max_age_seconds=0.0, started_after_call=True)
 
 
+# After a failed reading, how long readers share it before nvidia-smi is run again.
+FAILURE_GAP_SECONDS = 5.0
+
+
 def signature(snapshot: Snapshot) -> tuple[object, ...]:
     """What a dashboard shows of a snapshot (not its time): a change here is worth a push."""
     return (snapshot.error, snapshot.gpus, snapshot.processes, snapshot.unassigned_processes)
@@ -63,8 +67,10 @@ class SharedSource:
     """
 
     def __init__(self, source: GpuSource, *, on_change: Callable[[], None] = lambda: None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 failure_gap_seconds: float = FAILURE_GAP_SECONDS) -> None:
         self._source = source
+        self._failure_gap_seconds = failure_gap_seconds
         self._on_change = on_change
         self._monotonic = monotonic
         self._condition = threading.Condition()
@@ -91,9 +97,25 @@ class SharedSource:
             self._in_flight = True
         return self._probe()
 
+    def peek(self, freshness: Freshness) -> Snapshot | None:
+        """The latest snapshot if it will do for ``freshness``, without waiting or probing."""
+        with self._condition:
+            return self._latest if self._will_do(freshness) else None
+
+    def _will_do(self, freshness: Freshness) -> bool:
+        """Under the lock: may this reader have the latest snapshot? After a failed reading (the GPUs
+        unreadable) a new probe waits ``failure_gap_seconds``, so a hung nvidia-smi is not run back to
+        back; only a reading that must start after the call (before a load) goes at once."""
+        if self._latest is None:
+            return False
+        age = self._monotonic() - self._latest_at
+        if freshness.accepts(age):
+            return True
+        return self._latest.unreadable and not freshness.started_after_call and age < self._failure_gap_seconds
+
     def _shared_snapshot(self, freshness: Freshness) -> Snapshot | None:
         """Under the lock: a snapshot this reader may share, or None after claiming the next probe."""
-        if self._latest is not None and freshness.accepts(self._monotonic() - self._latest_at):
+        if self._will_do(freshness):
             return self._latest
         if self._in_flight:
             generation = self._generation

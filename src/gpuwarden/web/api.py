@@ -6,12 +6,14 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from gpuwarden.config import RUNTIME_SETTING_RANGES
 from gpuwarden.controller import Controller
 from gpuwarden.probe.shared import Freshness
 from gpuwarden.records import parse_selection
+from gpuwarden.web.probing import probe_waiter
 
 router = APIRouter(prefix="/api", tags=["api"])
 
@@ -49,9 +51,12 @@ def requester(request: Request, given: str | None) -> str:
 
 
 @router.get("/gpus", summary="The GPU status document")
-def gpus(controller: ControllerDep, refresh: bool = False) -> dict[str, Any]:
-    """The status from the latest refresh; ``?refresh=true`` probes now (concurrent callers share one run)."""
-    return controller.status(Freshness.NOW if refresh else Freshness.CACHED).to_dict()
+async def gpus(request: Request, controller: ControllerDep, refresh: bool = False) -> dict[str, Any]:
+    """The status from the latest refresh; ``?refresh=true`` probes now (concurrent callers share one
+    run, and wait for it without holding a worker thread)."""
+    snapshot = await probe_waiter(request).snapshot(Freshness.NOW if refresh else Freshness.CACHED)
+    document = await run_in_threadpool(controller.status_of, snapshot)
+    return document.to_dict()
 
 
 @router.get("/models", summary="Every configured model with its state")

@@ -32,6 +32,7 @@ from gpuwarden.errors import (
 )
 from gpuwarden.probe.shared import Freshness
 from gpuwarden.web import api, limits, pages
+from gpuwarden.web.probing import ProbeWaiter
 
 MONITOR_INTERVAL_SECONDS = 1.0
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
@@ -103,6 +104,7 @@ def create_app(controller: Controller, *, monitor: bool = True) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.controller = controller
+    app.state.probe_waiter = ProbeWaiter(controller)
 
     @app.exception_handler(ControllerError)
     async def controller_error(request: Request, error: ControllerError) -> JSONResponse:

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 
 from gpuwarden import present
+from gpuwarden.classify import StatusDocument
 from gpuwarden.config import RUNTIME_SETTING_RANGES
 from gpuwarden.controller import Controller
 from gpuwarden.errors import ControllerError, StateUnavailable
@@ -26,6 +28,7 @@ from gpuwarden.records import ModelState, ModelView, Selection, parse_selection
 from gpuwarden.web import views
 from gpuwarden.web.api import get_controller, requester
 from gpuwarden.web.assets import AssetMissing, vendor_file
+from gpuwarden.web.probing import probe_waiter
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -45,9 +48,10 @@ def require_htmx(request: Request) -> None:
         raise HTTPException(status_code=400, detail="dashboard actions are HTMX requests (HX-Request header)")
 
 
-def content_context(controller: Controller, freshness: Freshness = Freshness.CACHED, *,
+def content_context(controller: Controller, status: StatusDocument | None = None, *,
                     flash: dict[str, str] | None = None, settings_flash: str | None = None) -> dict[str, Any]:
-    status = controller.status(freshness)
+    """What the page and its fragments show: ``status`` (default: from the latest reading) and the models."""
+    status = status or controller.status()
     models: list[ModelView] = []
     state_error = None
     try:
@@ -79,18 +83,24 @@ def form_selection(gpus: list[str] | None) -> Selection | None:
     return parse_selection(gpus[0] if len(gpus) == 1 else gpus)
 
 
+async def awaited_context(request: Request, controller: Controller, freshness: Freshness) -> dict[str, Any]:
+    """The content context, having awaited a reading as fresh as ``freshness`` without a worker thread."""
+    snapshot = await probe_waiter(request).snapshot(freshness)
+    return await run_in_threadpool(lambda: content_context(controller, controller.status_of(snapshot)))
+
+
 @router.get("/", response_class=HTMLResponse)
 @router.get("/dashboard", response_class=HTMLResponse)
-def dashboard(request: Request, controller: ControllerDep) -> HTMLResponse:
-    return render(request, "dashboard.html", content_context(controller))
+async def dashboard(request: Request, controller: ControllerDep) -> HTMLResponse:
+    return render(request, "dashboard.html", await awaited_context(request, controller, Freshness.CACHED))
 
 
 @router.get("/dashboard/refresh", response_class=HTMLResponse)
-def refresh(request: Request, controller: ControllerDep, probe: bool = True, now: bool = False) -> HTMLResponse:
+async def refresh(request: Request, controller: ControllerDep, probe: bool = True, now: bool = False) -> HTMLResponse:
     """The dashboard content. The periodic poll probes unless another dashboard just did;
     ``now=true`` (the Refresh button) always probes; ``probe=false`` re-renders (after a push)."""
     freshness = Freshness.CACHED if not probe else Freshness.NOW if now else Freshness.within(SHARED_POLL_SECONDS)
-    return render(request, "_content.html", content_context(controller, freshness))
+    return render(request, "_content.html", await awaited_context(request, controller, freshness))
 
 
 @router.post("/dashboard/models/{name}/load", response_class=HTMLResponse, dependencies=[Depends(require_htmx)])
