@@ -100,3 +100,12 @@ def test_two_models_on_one_gpu_are_a_tuple_and_shared_use_is_flagged() -> None:
     shared = classify(snapshot(205, processes=(*own, stranger)), 30, placements).gpus[0]
     assert shared.shared_with_others and "also used by others: PID 99 train.py" in shared.reason
     assert not classify(snapshot(500), 30).gpus[0].shared_with_others  # occupied, but no model of ours
+
+
+def test_a_gpu_whose_processes_hold_more_than_it_reports_is_not_idle() -> None:
+    liar = (GpuProcess(pid=9, name="train.py", used_memory_mib=5000, gpu_index=0),)
+    gpu = classify(snapshot(1, processes=liar), 30).gpus[0]
+    assert (gpu.state, gpu.loadable, gpu.memory_used_mib) == (GpuState.OCCUPIED_BY_OTHERS, False, 1)
+    assert "its processes hold 5000 MiB (nvidia-smi reports 1 MiB used) > 30 MiB; PID 9 train.py" in gpu.reason
+    small = (GpuProcess(pid=9, name="x", used_memory_mib=20, gpu_index=0),)
+    assert classify(snapshot(1, processes=small), 30).gpus[0].state is GpuState.IDLE  # 20 MiB: still idle

@@ -206,9 +206,9 @@ def classify_gpu(
         shared = bool(foreign) or (unattributed is not None and unattributed > threshold_mib)
     elif used is None:
         state, reason = GpuState.UNAVAILABLE, "memory use unreadable (GPU lost or not supported): not safe to load"
-    elif used > threshold_mib:
+    elif _in_use(used, infos) > threshold_mib:
         state = GpuState.OCCUPIED_BY_OTHERS
-        reason = f"occupied by someone else: {used} MiB used > {threshold_mib} MiB; {_describe(infos)}"
+        reason = f"occupied by someone else: {_used_text(used, infos)} > {threshold_mib} MiB; {_describe(infos)}"
     else:
         state, reason = GpuState.IDLE, f"idle: {used} MiB used <= {threshold_mib} MiB"
     return GpuStatus(
@@ -216,6 +216,23 @@ def classify_gpu(
         memory_total_mib=gpu.memory_total_mib, state=state, model_names=models,
         select_enabled=state in (GpuState.IDLE, GpuState.MODEL_LOADED), loadable=state is GpuState.IDLE,
         process_info=infos, reason=reason, unattributed_memory_mib=unattributed, shared_with_others=shared)
+
+
+def _listed_mib(processes: Sequence[ProcessInfo]) -> int:
+    return sum(p.used_memory_mib or 0 for p in processes)
+
+
+def _in_use(used: int, processes: Sequence[ProcessInfo]) -> int:
+    """What the GPU holds: its own figure, or what its listed processes hold if that is more (the
+    figures disagree: believe the larger, never call a GPU idle whose processes hold memory)."""
+    return max(used, _listed_mib(processes))
+
+
+def _used_text(used: int, processes: Sequence[ProcessInfo]) -> str:
+    listed = _listed_mib(processes)
+    if listed > used:
+        return f"its processes hold {listed} MiB (nvidia-smi reports {used} MiB used)"
+    return f"{used} MiB used"
 
 
 def _unattributed(used: int | None, processes: Sequence[ProcessInfo]) -> int | None:
