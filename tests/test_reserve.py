@@ -120,3 +120,13 @@ def test_an_unload_cut_off_is_finished_when_gpuwarden_starts(tmp_path: Path) -> 
     rig.new_controller().reconcile(at_startup=True)
     assert rig.host.stops == [pid] and running(rig) == []
     assert rig.state("alpha") is ModelState.STOPPED
+
+
+def test_a_database_corrupted_after_the_launch_stops_the_model(tmp_path: Path) -> None:
+    def corrupt(rig: Rig, launched: Launched) -> None:
+        (rig.settings.state_dir / "gpuwarden.db").write_bytes(b"not a database any more" * 200)
+
+    rig = rig_with_hook(tmp_path, corrupt)
+    with pytest.raises(StateUnavailable, match="it was stopped again"):
+        rig.controller.load("alpha", GPU0)
+    assert running(rig) == [] and rig.host.stops == [rig.host.process("alpha").pid]
