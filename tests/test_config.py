@@ -123,3 +123,12 @@ def test_the_demo_lives_inside_the_configured_state_dir(tmp_path: Path) -> None:
     from gpuwarden.demo import demo_overrides
 
     assert demo_overrides(tmp_path / "mine")["state_dir"] == tmp_path / "mine" / "demo"
+
+
+def test_a_relative_state_dir_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = write(tmp_path / "g.toml", 'state_dir = "state"\n')
+    assert load_settings(Path("g.toml"), environ={}).state_dir == tmp_path / "state"
+    assert load_settings(None, environ={"GPUWARDEN_STATE_DIR": "s2", "XDG_CONFIG_HOME": str(tmp_path / "c")}
+                         ).state_dir == tmp_path / "s2"
+    assert config.exists()

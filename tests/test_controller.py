@@ -373,3 +373,30 @@ def test_killing_the_pid_shown_or_its_launcher_leaves_nothing_running(fake_smi: 
         assert wait_for(lambda: not model_pids(fake_smi), 5), cycle
         assert controller.status(Freshness.NOW).gpu(0).loadable, cycle  # type: ignore[union-attr]
         assert time.monotonic() - started < 5, cycle
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="process groups and the parent-death signal are Linux here")
+def test_a_wrapped_model_is_stopped_with_its_killed_launcher(fake_smi: FakeSmi, tmp_path: Path) -> None:
+    """`sh -c "python server.py; true"`: the server is the wrapper's child, not the launcher's. Kill
+    the launcher: the wrapper dies of the parent-death signal, and supervision stops the server."""
+    wrapped = f"{sys.executable} {model_command('--mib', '600')[1]} --mib 600; true"
+    models = [{"name": "wrapped", "command": ["sh", "-c", wrapped], "startup_grace_seconds": 0.3}]
+    controller = controller_for(tmp_path / "state", models)
+    controller.load("wrapped", parse_selection("0"))
+    assert wait_for(lambda: model_pids(fake_smi, [0]))
+    psutil.Process(controller.models()[0].pid).kill()  # the launcher
+    assert wait_for(lambda: (controller.reconcile(), controller.models()[0].state)[1] == "failed", 10)
+    assert wait_for(lambda: not model_pids(fake_smi), 5)
+    assert controller.status(Freshness.NOW).gpu(0).loadable  # type: ignore[union-attr]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux")
+def test_the_model_dies_with_its_launcher_even_without_supervision(fake_smi: FakeSmi, tmp_path: Path) -> None:
+    controller = controller_for(tmp_path / "state")
+    controller.load("alpha", parse_selection("0"))
+    assert wait_for(lambda: controller.models()[0].model_pid is not None and model_pids(fake_smi, [0]))
+    view = controller.models()[0]
+    psutil.Process(view.pid).kill()
+    assert wait_for(lambda: not psutil.pid_exists(view.model_pid or 0) or  # no reconcile here
+                    psutil.Process(view.model_pid or 0).status() == psutil.STATUS_ZOMBIE, 5)
+    controller.reconcile()

@@ -130,3 +130,41 @@ def test_a_database_corrupted_after_the_launch_stops_the_model(tmp_path: Path) -
     with pytest.raises(StateUnavailable, match="it was stopped again"):
         rig.controller.load("alpha", GPU0)
     assert running(rig) == [] and rig.host.stops == [rig.host.process("alpha").pid]
+
+
+def test_unloading_a_load_cut_off_after_its_launch_stops_what_it_launched(tmp_path: Path) -> None:
+    def die(rig: Rig, launched: Launched) -> None:
+        raise CutOff
+
+    rig = rig_with_hook(tmp_path, die)
+    with pytest.raises(CutOff):
+        rig.controller.load("alpha", GPU0)
+    launcher = rig.host.process("alpha")
+    assert rig.controller.unload("alpha").state is ModelState.STOPPED  # no PID recorded: found by its log
+    assert launcher.pid in rig.host.stops and running(rig) == [] and not launcher.model_running
+
+
+def test_a_given_up_load_stops_a_model_that_outlived_its_launcher(tmp_path: Path) -> None:
+    def die(rig: Rig, launched: Launched) -> None:
+        raise CutOff
+
+    rig = rig_with_hook(tmp_path, die)
+    with pytest.raises(CutOff):
+        rig.controller.load("alpha", GPU0)
+    launcher = rig.host.process("alpha")
+    rig.host.kill_launcher(launcher.pid)  # the model runs on
+    rig.clock.advance(31)
+    rig.controller.reconcile()
+    assert not launcher.model_running and launcher.model_pid in rig.host.stops
+    assert rig.state("alpha") is ModelState.FAILED
+
+
+def test_a_slow_loader_whose_launch_supervision_adopted_keeps_its_model(tmp_path: Path) -> None:
+    def slow(rig: Rig, launched: Launched) -> None:
+        rig.clock.advance(31)  # the loader stalls past the grace ...
+        assert rig.new_controller().reconcile() is True  # ... and supervision records its launcher
+
+    rig = rig_with_hook(tmp_path, slow)
+    view = rig.controller.load("alpha", GPU0)
+    assert view.state is ModelState.STARTING and view.pid == rig.host.process("alpha").pid
+    assert rig.host.stops == [] and running(rig) == [view.pid]

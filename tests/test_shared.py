@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from datetime import UTC, datetime
 
@@ -94,18 +93,18 @@ def test_on_change_fires_only_when_what_is_shown_changes() -> None:
     assert pushes == [1]
 
 
-def test_a_failing_probe_releases_the_waiters() -> None:
+def test_a_failing_probe_is_unreadable_and_releases_the_waiters() -> None:
     class Broken(CountingSource):
         def snapshot(self) -> Snapshot:
             self.calls += 1
             raise RuntimeError("boom")
 
     source = Broken()
-    shared = SharedSource(source)
+    shared = SharedSource(source, failure_gap_seconds=0)
     for _ in range(2):
-        with contextlib.suppress(RuntimeError):
-            shared.snapshot(Freshness.NOW)
-    assert source.calls == 2 and shared.latest is None  # not left "in flight": the second call probed again
+        snapshot = shared.snapshot(Freshness.NOW)
+        assert snapshot.unreadable and snapshot.gpus == () and "RuntimeError('boom')" in (snapshot.error or "")
+    assert source.calls == 2  # not left "in flight": the second call probed again
 
 
 def test_a_failed_reading_is_shared_for_the_gap_except_before_a_load() -> None:

@@ -134,3 +134,15 @@ async def test_a_hung_nvidia_smi_starves_nothing(fake_smi: FakeSmi, tmp_path: Pa
     assert slowest < 1.0, slowest  # ... while nothing else waited for it (bench/ measures the p99)
     assert all(a.status_code == 200 and a.json()["mode"] == "unreadable" for a in answers)
     assert fake_smi.calls - before == 1
+
+
+def test_a_gpu_load_right_after_a_failed_reading_is_refused_without_running_nvidia_smi(
+        fake_smi: FakeSmi, tmp_path: Path) -> None:
+    controller = controller_for(tmp_path)
+    fake_smi.set_mode("hang")
+    assert controller.status(Freshness.NOW).unreadable  # took the 1 s timeout once
+    before, started = fake_smi.calls, time.monotonic()
+    for selection in (parse_selection("0"), None):
+        with pytest.raises(LoadRefused, match="GPU status unreadable"):
+            controller.load("alpha", selection)
+    assert fake_smi.calls == before and time.monotonic() - started < 1.0  # no wait inside the lock

@@ -164,7 +164,7 @@ def load(ctx: click.Context, model: str, gpus: str | None) -> None:
         _fail(ctx, error)
         return
     where = ",".join(map(str, view.gpu_indexes)) if view.gpu_indexes else "cpu"
-    click.echo(f"loaded {view.name} on GPU {where} (pid {view.pid}, {view.state}); log: {view.log_path}")
+    click.echo(f"loaded {view.name} on GPU {where} (launcher pid {view.pid}, {view.state}); log: {view.log_path}")
 
 
 @cli.command()

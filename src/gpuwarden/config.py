@@ -146,6 +146,12 @@ class Settings(BaseSettings):
     models: tuple[ModelConfig, ...] = Field(default=(), description="The models users can load ([[models]]).")
     _notes: tuple[str, ...] = PrivateAttr(default=())
 
+    @field_validator("state_dir")
+    @classmethod
+    def _absolute_state_dir(cls, value: Path) -> Path:
+        """Absolute, so model logs and launcher records are found from any working directory."""
+        return value.expanduser().absolute()
+
     @field_validator("mock_smi_text", "mock_smi_columns")
     @classmethod
     def _empty_is_none(cls, value: str | None) -> str | None:
@@ -244,7 +250,7 @@ def load_settings(
                           f" the config file ({path})")
     notes = [_unknown_variable_note(key) for key in sorted(env_values) if key not in Settings.model_fields]
     env_values = {key: value for key, value in env_values.items() if key in Settings.model_fields}
-    merged = {**_paths_from(file_values, path.parent), **env_values, **(overrides or {})}
+    merged = {**_paths_from(file_values, path.absolute().parent), **env_values, **(overrides or {})}
     try:
         settings = Settings(**merged)
     except ValidationError as error:

@@ -33,7 +33,7 @@ from gpuwarden.errors import (
 )
 from gpuwarden.launch import LaunchPlan, needs_port, plan_launch
 from gpuwarden.probe.base import GpuSource, utc_now
-from gpuwarden.probe.shared import Freshness, SharedSource
+from gpuwarden.probe.shared import FAILURE_GAP_SECONDS, Freshness, SharedSource
 from gpuwarden.process import Launched, LaunchError, ProcessHost
 from gpuwarden.records import ModelState, ModelView, PlacementRecord, PlacementView, Selection, Snapshot
 from gpuwarden.store import Store, StoreError
@@ -178,6 +178,7 @@ class Controller:
         return next(view for view in self.models() if view.name == name)
 
     def _reserve(self, spec: ModelConfig, selection: Selection | None, requested_by: str | None) -> Reservation:
+        self._refuse_while_unreadable(spec, selection)
         with self._load_lock:
             try:
                 with self.store.exclusive() as tx:
@@ -199,6 +200,17 @@ class Controller:
                 raise StateUnavailable(f"cannot load {spec.name}: {error}") from None
         return Reservation(placement_id, plan, log_path)
 
+    def _refuse_while_unreadable(self, spec: ModelConfig, selection: Selection | None) -> None:
+        """A GPU load while the latest reading failed moments ago is refused at once, without
+        waiting on a hung nvidia-smi inside the machine-wide lock (the check inside it stays)."""
+        latest = self.gpus.peek(Freshness.within(FAILURE_GAP_SECONDS))
+        wants_gpus = (selection is not None and not selection.on_cpu) or (selection is None and spec.default_gpus > 0)
+        if latest is not None and latest.unreadable and wants_gpus:
+            document = self.status_of(latest)
+            if selection is None:
+                rules.default_selection(spec, document)  # raises the refusal a default load gets
+            rules.check_selection(selection or Selection.cpu(), document)
+
     def _launch(self, reservation: Reservation) -> None:
         plan = reservation.plan
         try:
@@ -216,9 +228,15 @@ class Controller:
         except StoreError as error:
             self._stop_launched(launched, reservation, f"its process could not be recorded: {error}")
             raise StateUnavailable(f"cannot load {plan.model_name}: {error}; it was stopped again") from None
-        if not attached:
+        if not attached and not self._adopted(reservation, launched):
             self._stop_launched(launched, reservation, None)
             raise LoadRefused(f"model {plan.model_name} was unloaded while it started; it was stopped again")
+
+    def _adopted(self, reservation: Reservation, launched: Launched) -> bool:
+        """Did supervision find this launch and record it already (a slow loader)?"""
+        with contextlib.suppress(StoreError), self.store.read() as tx:
+            return any(p.id == reservation.placement_id and p.pid == launched.pid for p in tx.active_placements())
+        return False
 
     def _stop_launched(self, launched: Launched, reservation: Reservation, error: str | None) -> None:
         """A model launched for a load that cannot be recorded: stop it, and give the load up."""
@@ -243,11 +261,7 @@ class Controller:
             raise StateUnavailable(f"cannot unload {name}: {error}") from None
         self._changed()
         for record in mine:
-            if record.pid:
-                self.processes.stop(record.pid, record.process_start_time, self.settings.unload_timeout_seconds)
-            orphan = self.processes.model_process(record.log_file)  # a model whose launcher was killed
-            if orphan is not None:
-                self.processes.stop(*orphan, self.settings.unload_timeout_seconds)
+            self._stop_placement(record)
         try:
             with self.store.exclusive() as tx:
                 for record in mine:
@@ -257,9 +271,20 @@ class Controller:
                                         log_tail=self.processes.log_tail(record.log_file))
         except StoreError as error:
             raise StateUnavailable(f"model {name} was stopped but its state could not be saved: {error}") from None
-        self.snapshot(Freshness.NEW)
+        self.snapshot(Freshness.NOW)
         self._changed()
         return next((view for view in self.models() if view.name == name), rules.unconfigured_view(mine[-1]))
+
+    def _stop_placement(self, record: PlacementRecord) -> None:
+        """Stop all of a placement: its launcher's tree, and what outlived the launcher. A placement
+        whose process was never recorded (a load cut off, or still starting) is found by its log path."""
+        if record.pid and record.process_start_time:
+            launcher: tuple[int, float] | None = (record.pid, record.process_start_time)
+        else:
+            launcher = self.processes.find_launcher(record.log_file) if record.log_file else None
+        if launcher is not None:
+            self.processes.stop(*launcher, self.settings.unload_timeout_seconds)
+        self._supervision.stop_leftovers(launcher, record)
 
     def stop_all(self) -> None:
         """Unload every loaded model (used when stop_models_on_exit is set)."""

@@ -2,8 +2,9 @@
 placeholders filled in, become one :class:`LaunchPlan`; nothing here starts anything.
 
 Placeholders: ``{port}`` (a free TCP port chosen at load time), ``{gpus}`` (e.g. ``0,1``),
-``{model}`` (the model's name) and ``{python}`` (gpuwarden's Python). Unknown braces are left as
-they are: no format-string tricks, since a command's words are plain data.
+``{model}`` (the model's name) and ``{python}`` (gpuwarden's Python). The configuration refuses any
+other ``{name}``; other braces (``{0}``, JSON) are left as they are: no format-string tricks, since a
+command's words are plain data.
 """
 
 from __future__ import annotations

@@ -157,10 +157,21 @@ class StoreTx:
 
     def finish_placement(self, placement_id: int, *, state: ModelState, ended_at: datetime, exit_code: int | None,
                          error: str | None, log_tail: str | None) -> None:
+        """End an active placement."""
+        self._finish(placement_id, (state.value, _iso(ended_at), exit_code, error, log_tail), "", ())
+
+    def finish_if_unchanged(self, placement_id: int, observed_pid: int | None, *, state: ModelState,
+                            ended_at: datetime, exit_code: int | None, error: str | None, log_tail: str | None) -> None:
+        """Supervision's compare-and-set: end the placement only if its process is still the one
+        observed, so a loader that recorded its process meanwhile wins."""
+        self._finish(placement_id, (state.value, _iso(ended_at), exit_code, error, log_tail), " AND pid IS ?",
+                     (observed_pid,))
+
+    def _finish(self, placement_id: int, values: tuple[Any, ...], check: str, check_values: tuple[Any, ...]) -> None:
         self._execute(
             "UPDATE placements SET state = ?, ended_at = ?, exit_code = ?, error = ?, log_tail = ?"  # noqa: S608
-            f" WHERE id = ? AND state IN {_ACTIVE_SQL}",
-            (state.value, _iso(ended_at), exit_code, error, log_tail, placement_id, *ACTIVE_STATES))
+            f" WHERE id = ? AND state IN {_ACTIVE_SQL}{check}",
+            (*values, placement_id, *ACTIVE_STATES, *check_values))
         self._bump_generation()
 
     def set_state(self, placement_id: int, state: ModelState) -> None:

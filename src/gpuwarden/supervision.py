@@ -65,13 +65,21 @@ class Supervision:
         return Observation(tuple(seen.promote), tuple(seen.outcomes), tuple(seen.adopt))
 
     def _ended(self, record: PlacementRecord, at_startup: bool) -> rules.Outcome:
-        """The launcher is gone. Its model may run on (the launcher was killed where no parent-death
-        signal exists): stop it, so no model runs untracked."""
-        orphan = self.processes.model_process(record.log_file)
-        if orphan is not None:
-            self.processes.stop(*orphan, self.settings.unload_timeout_seconds)
-            return rules.orphan_stopped(record, orphan[0])
-        return rules.ending(record, self.processes.exit_record(record.log_file), at_startup=at_startup)
+        """The launcher is gone. What it started may run on (the launcher was killed, a wrapper's
+        child outlived it): stop it all, so no model runs untracked."""
+        launcher = (record.pid, record.process_start_time) if record.pid and record.process_start_time else None
+        leftovers = self.stop_leftovers(launcher, record)
+        exit_record = self.processes.exit_record(record.log_file)
+        if leftovers and exit_record is None:
+            return rules.orphan_stopped(record, leftovers[0][0])
+        return rules.ending(record, exit_record, at_startup=at_startup)
+
+    def stop_leftovers(self, launcher: tuple[int, float] | None, record: PlacementRecord) -> list[tuple[int, float]]:
+        """Stop whatever still runs of ``record``'s load besides its launcher; what was stopped."""
+        leftovers = self.processes.leftovers(launcher, record.log_file)
+        for pid, start_time in leftovers:
+            self.processes.stop(pid, start_time, self.settings.unload_timeout_seconds)
+        return leftovers
 
     def _observe_starting(self, record: PlacementRecord, now: datetime, seen: _Seen) -> None:
         spec = self.settings.model(record.model_name)
@@ -89,9 +97,11 @@ class Supervision:
             return
         found = self.processes.find_launcher(record.log_file) if record.log_file else None
         if found is None:
+            self.stop_leftovers(None, record)  # its model may have outlived the launcher
             seen.outcomes.append((record, rules.interrupted_load()))
         elif record.state is ModelState.STOPPING:
             self.processes.stop(*found, self.settings.unload_timeout_seconds)
+            self.stop_leftovers(found, record)
             seen.outcomes.append((record, (ModelState.STOPPED, None, None)))
         else:
             seen.adopt.append((record, *found))
@@ -104,8 +114,8 @@ class Supervision:
             for record in seen.promote:
                 tx.mark_running(record.id)
             for record, (state, code, error) in seen.outcomes:
-                tx.finish_placement(record.id, state=state, ended_at=now, exit_code=code, error=error,
-                                    log_tail=self.processes.log_tail(record.log_file))
+                tx.finish_if_unchanged(record.id, record.pid, state=state, ended_at=now, exit_code=code,
+                                       error=error, log_tail=self.processes.log_tail(record.log_file))
             return tx.generation()
 
     def _healthy(self, spec: ModelConfig, record: PlacementRecord, elapsed_seconds: float) -> bool:

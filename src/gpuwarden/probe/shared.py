@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
-from gpuwarden.probe.base import GpuSource
+from gpuwarden.probe.assemble import failed_snapshot
+from gpuwarden.probe.base import GpuSource, utc_now
 from gpuwarden.records import Snapshot
 
 
@@ -129,7 +130,7 @@ class SharedSource:
         snapshot: Snapshot | None = None
         changed = False
         try:
-            snapshot = self._remembering(self._source.snapshot())
+            snapshot = self._remembering(self._read())
         finally:
             with self._condition:
                 if snapshot is not None:
@@ -142,6 +143,14 @@ class SharedSource:
         if changed:
             self._on_change()
         return snapshot
+
+    def _read(self) -> Snapshot:
+        """The source's snapshot; a source that fails in a way it did not foresee gives an
+        unreadable snapshot (fail closed), never an error for every reader."""
+        try:
+            return self._source.snapshot()
+        except Exception as error:  # noqa: BLE001 - any failure of a source means "unreadable"
+            return failed_snapshot(utc_now(), self._source.description, f"reading the GPUs failed: {error!r}"[:500])
 
     def _remembering(self, snapshot: Snapshot) -> Snapshot:
         """Keep a good reading; give an unreadable one the last good reading's GPUs and time."""

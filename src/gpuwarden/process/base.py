@@ -45,8 +45,14 @@ class ProcessHost(Protocol):
         whose process was never recorded (gpuwarden killed mid-load) is found again."""
         ...
 
-    def model_process(self, log_path: Path | None) -> tuple[int, float | None] | None:
+    def model_process(self, log_path: Path | None) -> tuple[int, float] | None:
         """The model's own process (the launcher's child), while it runs: its PID and start time."""
+        ...
+
+    def leftovers(self, launcher: tuple[int, float] | None, log_path: Path | None) -> list[tuple[int, float]]:
+        """What still runs of a load whose launcher is gone or unknown: the recorded model process
+        and (POSIX) every process of the launcher's process group started after the launcher. So a
+        model behind a wrapper (``sh -c``, ``conda run``) is found too."""
         ...
 
     def alive(self, pid: int, start_time: float | None) -> bool:

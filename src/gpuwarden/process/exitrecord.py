@@ -8,6 +8,7 @@ only. The files are untrusted when read: anything that does not decode is no rec
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,15 +54,22 @@ def write_model_record(path: Path, pid: int, start_time: float | None) -> None:
     _write_atomically(path, {"pid": pid, "start_time": start_time})
 
 
-def read_model_record(path: Path | None) -> tuple[int, float | None] | None:
-    """The model's own PID and start time as its launcher recorded them, or None."""
+MAX_PID = 2**32
+
+
+def read_model_record(path: Path | None) -> tuple[int, float] | None:
+    """The model's own PID and start time as its launcher recorded them, or None. The file is
+    untrusted: a PID out of range, or a start time that is missing or not a finite number (which
+    would defeat the check that the PID is still the same process), is no record."""
     data = _read_json(path)
     if data is None:
         return None
     pid, start_time = data.get("pid"), data.get("start_time")
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+    if not isinstance(pid, int) or isinstance(pid, bool) or not 1 < pid < MAX_PID:
         return None
-    return pid, float(start_time) if isinstance(start_time, (int, float)) and not isinstance(start_time, bool) else None
+    if not isinstance(start_time, float) or not math.isfinite(start_time) or start_time <= 0:
+        return None
+    return pid, start_time
 
 
 def _read_json(path: Path | None) -> dict[str, object] | None:

@@ -114,7 +114,11 @@ class FakeProcessHost:
                 return process.pid, process.start_time
         return None
 
-    def model_process(self, log_path: Path | None) -> tuple[int, float | None] | None:
+    def leftovers(self, launcher: tuple[int, float] | None, log_path: Path | None) -> list[tuple[int, float]]:
+        model = self.model_process(log_path)
+        return [model] if model is not None else []
+
+    def model_process(self, log_path: Path | None) -> tuple[int, float] | None:
         for process in self.processes.values():
             if process.log_path == log_path and process.model_running:
                 return process.model_pid, FAKE_START_TIME_BASE + process.model_pid

@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -52,6 +53,26 @@ def process_start_time(pid: int) -> float | None:
         return None
 
 
+def _group_members(leader_pid: int, leader_start: float) -> dict[int, float]:
+    """POSIX: the processes of the process group the launcher led (it starts its own session), that
+    started after it: a PID reused by another program cannot be in that group while members live."""
+    members: dict[int, float] = {}
+    if sys.platform == "win32":  # no process groups: a job object will hold the tree (see the README)
+        return members
+    else:  # a platform branch, not a bare return: mypy checks each platform on its own
+        for process in psutil.process_iter(["create_time"]):
+            with contextlib.suppress(psutil.Error, OSError, TypeError, ValueError):
+                start = float(process.info["create_time"])
+                if os.getpgid(process.pid) == leader_pid and start >= leader_start - START_TIME_TOLERANCE_SECONDS:
+                    members[process.pid] = start
+        return members
+
+
+def _may_stop(pid: int) -> bool:
+    """Never init, gpuwarden itself or its parent, whatever a record says."""
+    return pid > 1 and pid not in (os.getpid(), os.getppid())
+
+
 def _detach_options() -> dict[str, object]:
     """Start a model in its own session / process group, with no console window on Windows, so it
     outlives the gpuwarden process (or terminal) that started it."""
@@ -70,7 +91,7 @@ class LocalProcessHost:
 
     def new_log_path(self, model_name: str) -> Path:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        return self._logs_dir / f"{model_name}-{stamp}-{os.getpid()}-{time.monotonic_ns()}.log"
+        return self._logs_dir / f"{model_name}-{stamp}-{uuid.uuid4().hex[:16]}.log"
 
     def launch(self, *, model_name: str, argv: Sequence[str], env: Mapping[str, str], cwd: Path,
                log_path: Path) -> Launched:
@@ -98,20 +119,29 @@ class LocalProcessHost:
         return Launched(pid=child.pid, start_time=start_time, log_path=log_path, exit_path=exit_path)
 
     def find_launcher(self, log_path: Path) -> tuple[int, float] | None:
-        """The launcher's command line names its exit record, unique to one load."""
-        exit_path = str(exit_path_for(log_path))
+        """The launcher's command line is ``python -m gpuwarden.process.shim <its exit record> -- ...``,
+        and the exit record's path is unique to one load."""
+        wanted = ["-m", "gpuwarden.process.shim", str(exit_path_for(log_path)), "--"]
         for process in psutil.process_iter(["cmdline", "create_time"]):
-            with contextlib.suppress(psutil.Error, OSError, TypeError):
-                cmdline = process.info["cmdline"] or []
-                if "gpuwarden.process.shim" in cmdline and exit_path in cmdline:
+            with contextlib.suppress(psutil.Error, OSError, TypeError, ValueError):
+                if (process.info["cmdline"] or [])[1:5] == wanted:
                     return process.pid, float(process.info["create_time"])
         return None
 
-    def model_process(self, log_path: Path | None) -> tuple[int, float | None] | None:
+    def model_process(self, log_path: Path | None) -> tuple[int, float] | None:
         recorded = read_model_record(model_path_for(log_path))
         if recorded is None or not self.alive(*recorded):
             return None
         return recorded
+
+    def leftovers(self, launcher: tuple[int, float] | None, log_path: Path | None) -> list[tuple[int, float]]:
+        found: dict[int, float] = {}
+        model = self.model_process(log_path) if log_path is not None else None
+        if model is not None:
+            found[model[0]] = model[1]
+        if launcher is not None:
+            found.update(_group_members(*launcher))
+        return [(pid, start) for pid, start in found.items() if _may_stop(pid)]
 
     def alive(self, pid: int, start_time: float | None) -> bool:
         try:

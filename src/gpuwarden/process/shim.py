@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -21,15 +22,31 @@ from gpuwarden.process.exitrecord import model_path_beside, write_exit_record, w
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _die_with_launcher() -> None:
-    """Linux, in the model's process before it runs: the kernel sends it SIGTERM if the launcher
-    dies (killed with SIGKILL, say), so a model never runs on without its launcher."""
+def _die_with_launcher() -> Callable[[], None] | None:
+    """Linux: what the model's process runs before the model, so that the kernel sends it SIGTERM
+    if the launcher dies (killed with SIGKILL, say). Resolved here, in the launcher, so nothing can
+    fail in the child but the call itself."""
+    if sys.platform != "linux":
+        return None
+    else:  # a platform branch, not a bare return: mypy checks each platform on its own
+        return _pdeathsig_setter()
+
+
+def _pdeathsig_setter() -> Callable[[], None] | None:
     import ctypes
 
-    parent = os.getppid()
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
-    if os.getppid() != parent:  # the launcher died before the call
-        os._exit(1)
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not glibc/musl: supervision still stops orphans
+        return None
+    launcher = os.getpid()
+
+    def in_child() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+        if os.getppid() != launcher:  # the launcher died before the call took effect
+            os._exit(1)
+
+    return in_child
 
 
 def _start_time(pid: int) -> float | None:
@@ -48,9 +65,9 @@ def main(argv: list[str]) -> int:
     exit_file = Path(argv[0])
     command = argv[2:]
     try:
-        child = subprocess.Popen(command, preexec_fn=_die_with_launcher if sys.platform == "linux" else None)
-    except OSError as error:
-        message = f"cannot start {command[0]!r}: {error.strerror or error}"
+        child = subprocess.Popen(command, preexec_fn=_die_with_launcher())
+    except (OSError, subprocess.SubprocessError) as error:
+        message = f"cannot start {command[0]!r}: {getattr(error, 'strerror', None) or error}"
         print(f"gpuwarden: {message}", file=sys.stderr, flush=True)
         write_exit_record(exit_file, 127, message)
         return 127

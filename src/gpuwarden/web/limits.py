@@ -28,7 +28,7 @@ class BodyLimit:
             return
         declared = dict(scope.get("headers") or ()).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await _too_large(send)
+            await _too_large(send, self.max_bytes)
             return
         received = 0
         started = refused = False
@@ -43,7 +43,7 @@ class BodyLimit:
                 if received > self.max_bytes:  # answer 413 now; the app sees a client that left
                     refused = True
                     if not started:
-                        await _too_large(send)
+                        await _too_large(send, self.max_bytes)
                     return {"type": "http.disconnect"}
             return message
 
@@ -57,8 +57,8 @@ class BodyLimit:
         await self.app(scope, counting_receive, watching_send)
 
 
-async def _too_large(send: Send) -> None:
-    body = f'{{"detail": "request body larger than {MAX_BODY_BYTES} bytes"}}'.encode()
+async def _too_large(send: Send, max_bytes: int) -> None:
+    body = f'{{"detail": "request body larger than {max_bytes} bytes"}}'.encode()
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})

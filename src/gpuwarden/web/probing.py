@@ -16,7 +16,7 @@ from gpuwarden.controller import Controller
 from gpuwarden.probe.shared import Freshness
 from gpuwarden.records import Snapshot
 
-PROBE_THREADS = 2  # probes rarely overlap: readers share one, a load's own check may add a second
+PROBE_THREADS = 2  # readers share one probe; a second covers a request that must start after it
 
 
 class ProbeWaiter:
