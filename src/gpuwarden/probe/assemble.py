@@ -3,6 +3,11 @@
 ``--query-compute-apps`` names a process's GPU by uuid / bus id, never by index: processes are
 joined to GPUs here. A process whose GPU is not listed is kept apart (``unassigned_processes``),
 never silently dropped.
+
+Each output's GPUs are checked on their own first (:func:`checked_gpus`: a GPU index listed twice in
+ONE output, memory used above total, negative memory: unreadable, with a warning). Several outputs
+naming the same index are merged, which is how a CSV and a table complete each other; but when they
+name it for two different physical GPUs (different uuid or bus id), its memory is not trusted either.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 
-from gpuwarden.probe.parse import normalize_bus_id
+from gpuwarden.probe.parse_common import checked_gpus, normalize_bus_id, shown
 from gpuwarden.records import GpuProcess, GpuReading, OutputKind, ParsedOutput, Snapshot
 
 NO_DEVICES = "no devices were found"
@@ -19,11 +24,7 @@ NO_DEVICES = "no devices were found"
 
 def build_snapshot(outputs: Sequence[ParsedOutput], taken_at: datetime, source: str) -> Snapshot:
     """Combine outputs (e.g. a ``--query-gpu`` CSV and a ``--query-compute-apps`` CSV)."""
-    gpus: tuple[GpuReading, ...] = ()
-    for output in outputs:
-        if output.gpus:
-            gpus = _merge_gpus(gpus, output.gpus) if gpus else output.gpus
-    messages = [message for output in outputs for message in output.messages]
+    gpus, messages = _combined_gpus(outputs)
     driver_version = next((o.driver_version for o in outputs if o.driver_version), None)
     lists_processes = any(output.lists_processes for output in outputs)
     by_uuid = {gpu.uuid.lower(): gpu.index for gpu in gpus if gpu.uuid}
@@ -67,9 +68,51 @@ def build_snapshot(outputs: Sequence[ParsedOutput], taken_at: datetime, source: 
     )
 
 
+def _combined_gpus(outputs: Sequence[ParsedOutput]) -> tuple[tuple[GpuReading, ...], list[str]]:
+    """Every output's GPUs, each output checked on its own, merged by index; and every message."""
+    gpus: tuple[GpuReading, ...] = ()
+    messages: list[str] = []
+    untrusted: set[int] = set()
+    for output in outputs:
+        messages.extend(output.messages)
+        checked, notes = checked_gpus(output.gpus)
+        messages.extend(notes)
+        if checked:
+            conflicts = _identity_conflicts(gpus, checked)
+            messages.extend(message for index, message in conflicts.items() if index not in untrusted)
+            untrusted.update(conflicts)
+            gpus = _merge_gpus(gpus, checked) if gpus else checked
+    gpus = tuple(replace(gpu, memory_used_mib=None) if gpu.index in untrusted else gpu for gpu in gpus)
+    return gpus, messages
+
+
 def says_no_devices(messages: Sequence[str]) -> bool:
     """nvidia-smi's own word that this machine has no NVIDIA GPU (the one error that means CPU mode)."""
     return any(NO_DEVICES in message.lower() for message in messages)
+
+
+def _identity_conflicts(first: Sequence[GpuReading], second: Sequence[GpuReading]) -> dict[int, str]:
+    """GPU indexes two outputs give to different physical GPUs (their uuids or bus ids differ), each
+    with the warning to show: which GPU an index means is then not known, nor whose memory it is."""
+    known = {gpu.index: gpu for gpu in first}
+    conflicts: dict[int, str] = {}
+    for gpu in second:
+        other = known.get(gpu.index)
+        if other is None:
+            continue
+        pairs = (("uuid", other.uuid, gpu.uuid, str.lower), ("bus id", other.bus_id, gpu.bus_id, _bus))
+        for what, before, after, key in pairs:
+            if before and after and key(before) != key(after):
+                conflicts[gpu.index] = (f"GPU {gpu.index} is {what} {shown(before, 48)} in one nvidia-smi output "
+                                        f"and {shown(after, 48)} in another; its reading is not trusted (memory "
+                                        "use treated as unreadable)")
+                break
+    return conflicts
+
+
+def _bus(bus_id: str) -> str:
+    """A bus id as compared: ``00000000:0c:00.0`` is ``0000:0C:00.0``."""
+    return normalize_bus_id(bus_id) or bus_id
 
 
 def _merge_gpus(first: tuple[GpuReading, ...], second: tuple[GpuReading, ...]) -> tuple[GpuReading, ...]:

@@ -23,7 +23,7 @@ from gpuwarden.probe.parse_common import (
     parse_int,
     parse_mib,
 )
-from gpuwarden.probe.parse_csv import COMMAND_LINE, command_columns, csv_kind, parse_csv
+from gpuwarden.probe.parse_csv import command_columns, csv_kind, is_command_line, parse_csv
 from gpuwarden.probe.parse_table import parse_table
 from gpuwarden.probe.parse_xml import LIST_LINE, parse_list, parse_pmon, parse_xml
 from gpuwarden.records import OutputKind, ParsedOutput
@@ -54,7 +54,7 @@ def detect_kind(text: str, columns: Sequence[str] | None = None) -> OutputKind:
         return OutputKind.XML
     if any(line.startswith("+-") for line in lines) and any(line.startswith("|") for line in lines):
         return OutputKind.TABLE
-    first_data = [line for line in lines if not COMMAND_LINE.search(line)]
+    first_data = [line for line in lines if not is_command_line(line)]
     if first_data and first_data[0].lstrip().startswith("# gpu") and "pid" in first_data[0]:
         return OutputKind.PMON
     if all(LIST_LINE.match(line.strip()) for line in first_data) and first_data:

@@ -12,27 +12,40 @@ from collections.abc import Sequence
 
 from gpuwarden.probe.parse_common import (
     NvidiaSmiParseError,
+    checked_gpus,
     clean_lines,
     missing,
     normalize_bus_id,
     parse_int,
     parse_mib,
+    read_memory,
+    shown,
 )
 from gpuwarden.records import GpuProcess, GpuReading, OutputKind, ParsedOutput
 
-__all__ = ["COMMAND_LINE", "command_columns", "csv_kind", "parse_csv"]
+__all__ = ["command_columns", "csv_kind", "is_command_line", "parse_csv"]
 
-# An echoed ``nvidia-smi ... --query-gpu=a,b,c`` line: it names the columns of the rows below it.
-COMMAND_LINE = re.compile(r"(?:^|\s)nvidia-smi(?:\.exe)?\s.*--query-(?:gpu|compute-apps)=(\S+)", re.IGNORECASE)
+# An echoed ``nvidia-smi ... --query-gpu=a,b,c`` line names the columns of the rows below it.
+_COMMAND = re.compile(r"(?:^|\s)nvidia-smi(?:\.exe)?\s", re.IGNORECASE)
+_QUERY = re.compile(r"--query-(?:gpu|compute-apps)=", re.IGNORECASE)
+_TOKEN = re.compile(r"\S+")
 _UUID = re.compile(r"^(GPU|MIG)-[0-9A-Fa-f-]+$")
 _GPU_FIELDS = {"index", "uuid", "name", "pci.bus_id", "memory.used", "memory.total", "memory.free",
                "driver_version", "count", "gpu_name", "gpu_uuid", "gpu_bus_id"}
-_FIELD_ALIASES = {
+# Other names of the same field (nvidia-smi --help-query-gpu / --help-query-compute-apps: `"uuid" or
+# "gpu_uuid"`). Only the same field may share a name: `pci.bus` (the bus NUMBER) is not `pci.bus_id`.
+_GPU_ALIASES = {
+    "gpu_uuid": "uuid",
+    "gpu_bus_id": "pci.bus_id",
+    "gpu_name": "name",
+    "busid": "pci.bus_id",
+}
+_APPS_ALIASES = {
     "used_gpu_memory": "used_memory",
     "gpu_uuid": "uuid",
     "gpu_bus_id": "pci.bus_id",
-    "pci.bus": "pci.bus_id",
     "busid": "pci.bus_id",
+    "name": "process_name",  # in --query-compute-apps, "name" is the process name; the GPU's is gpu_name
 }
 # Headerless shapes gpuwarden infers without being told the columns.
 _SEED_GPU_COLUMNS = ("index", "memory.used")
@@ -41,22 +54,50 @@ _APPS_UUID_BUS_COLUMNS = ("gpu_uuid", "gpu_bus_id", "pid", "process_name", "used
 
 
 def _field_name(header_cell: str) -> str:
-    name = re.sub(r"\s*\[[^\]]*\]\s*$", "", header_cell.strip()).strip().lower()
-    return name
+    """``memory.used [MiB]`` -> ``memory.used``: the cell without a trailing ``[unit]``, lower case."""
+    name = header_cell.strip()
+    if name.endswith("]"):
+        last = len(name) - 1
+        start = name.find("[", name.rfind("]", 0, last) + 1, last)  # the first "[" of the last [...]
+        if start >= 0:
+            name = name[:start]
+    return name.strip().lower()
 
 
-def _column_name(header_cell: str) -> str:
-    """The field a header cell (or a named column) stands for, aliases resolved."""
-    name = _field_name(header_cell)
-    return _FIELD_ALIASES.get(name, name)
+def _column_names(cells: Sequence[str]) -> tuple[str, ...]:
+    """The fields header cells (or named columns) stand for, aliases resolved. Two columns for the
+    same field are refused: which of them would be the value?"""
+    raw = [_field_name(cell) for cell in cells]
+    aliases = _APPS_ALIASES if "pid" in raw else _GPU_ALIASES
+    names = tuple(aliases.get(name, name) for name in raw)
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise NvidiaSmiParseError(f"CSV columns named twice: {', '.join(shown(name) for name in twice[:5])}")
+    return names
+
+
+def _query(line: str) -> str | None:
+    """The ``a,b,c`` of an echoed ``nvidia-smi ... --query-gpu=a,b,c`` line (the last one named)."""
+    command = _COMMAND.search(line)
+    if command is None:
+        return None
+    ends = [query.end() for query in _QUERY.finditer(line, command.end())]
+    last = next((end for end in reversed(ends) if _TOKEN.match(line, end, end + 1)), None)
+    token = _TOKEN.match(line, last) if last is not None else None  # one scan of one value: linear
+    return token.group() if token else None
+
+
+def is_command_line(line: str) -> bool:
+    """True for an echoed ``nvidia-smi ... --query-gpu=...`` / ``--query-compute-apps=...`` line."""
+    return _query(line) is not None
 
 
 def command_columns(lines: Sequence[str]) -> tuple[str, ...] | None:
     """The columns named by an echoed ``nvidia-smi --query-...=`` line among ``lines``, if any."""
     for line in lines:
-        match = COMMAND_LINE.search(line)
-        if match:
-            return tuple(part.strip().lower() for part in match.group(1).split(",") if part.strip())
+        query = _query(line)
+        if query is not None:
+            return tuple(part.strip().lower() for part in query.split(",") if part.strip())
     return None
 
 
@@ -101,7 +142,7 @@ def parse_csv(text: str, columns: Sequence[str] | None = None) -> ParsedOutput:
     """``--query-gpu`` or ``--query-compute-apps`` CSV, with or without header and units."""
     lines = [line for line in clean_lines(text) if line.strip()]
     command = command_columns(lines)
-    lines = [line for line in lines if not COMMAND_LINE.search(line)]
+    lines = [line for line in lines if not is_command_line(line)]
     if not lines:
         raise NvidiaSmiParseError("CSV output without rows")
     names, rows = _columns_and_rows(lines, columns or command)
@@ -109,16 +150,19 @@ def parse_csv(text: str, columns: Sequence[str] | None = None) -> ParsedOutput:
     free_text = _free_text_column(names)
     gpus: list[GpuReading] = []
     processes: list[GpuProcess] = []
+    messages: list[str] = []
     for position, line in enumerate(rows):
         record = _row_record(line, position, names, free_text)
         if is_apps:
             processes.append(_process_from_row(record, position))
         else:
-            gpus.append(_gpu_from_row(record, position))
+            gpus.append(_gpu_from_row(record, position, messages))
+    checked, notes = checked_gpus(gpus)
     return ParsedOutput(
         kind=OutputKind.CSV_APPS if is_apps else OutputKind.CSV_GPU,
-        gpus=tuple(gpus),
+        gpus=checked,
         processes=tuple(processes),
+        messages=(*messages, *notes),
         lists_processes=is_apps,
     )
 
@@ -128,15 +172,8 @@ def _columns_and_rows(lines: Sequence[str], named: Sequence[str] | None) -> tupl
     otherwise the columns are ``named`` (by the caller or an echoed command) or inferred."""
     first = [cell.strip() for cell in lines[0].split(",")]
     if _is_header(first):
-        names = tuple(_column_name(c) for c in first)
-        rows = lines[1:]
-    else:
-        given = named or _infer_columns(first)
-        names = tuple(_column_name(c) for c in given)
-        rows = lines
-    if len(set(names)) != len(names):
-        raise NvidiaSmiParseError(f"CSV columns named twice: {', '.join(names)}")
-    return names, rows
+        return _column_names(first), lines[1:]
+    return _column_names(named or _infer_columns(first)), lines
 
 
 def _free_text_column(names: Sequence[str]) -> int | None:
@@ -157,7 +194,7 @@ def _row_record(line: str, position: int, names: Sequence[str], free_text: int |
 def _process_from_row(record: dict[str, str], position: int) -> GpuProcess:
     pid = parse_int(record.get("pid"))
     if pid is None:
-        raise NvidiaSmiParseError(f"CSV row {position + 1}: no PID in {record.get('pid')!r}")
+        raise NvidiaSmiParseError(f"CSV row {position + 1}: no PID in {shown(record.get('pid') or '')}")
     return GpuProcess(
         pid=pid,
         name=record.get("process_name") or "",
@@ -169,20 +206,22 @@ def _process_from_row(record: dict[str, str], position: int) -> GpuProcess:
     )
 
 
-def _gpu_from_row(record: dict[str, str], position: int) -> GpuReading:
+def _gpu_from_row(record: dict[str, str], position: int, messages: list[str]) -> GpuReading:
     """A ``--query-gpu`` row; without an ``index`` column a GPU's index is its row position."""
     index = parse_int(record.get("index"))
     if index is None:
         if "index" not in record:
             index = position
         else:
-            raise NvidiaSmiParseError(f"CSV row {position + 1}: no GPU index in {record.get('index')!r}")
+            raise NvidiaSmiParseError(f"CSV row {position + 1}: no GPU index in {shown(record['index'])}")
     name = record.get("name")
+    used, total, notes = read_memory(index, record.get("memory.used"), record.get("memory.total"))
+    messages.extend(notes)
     return GpuReading(
         index=index,
         name=None if missing(name) else name,
         uuid=None if missing(record.get("uuid")) else record.get("uuid"),
         bus_id=normalize_bus_id(record.get("pci.bus_id")),
-        memory_used_mib=parse_mib(record.get("memory.used")),
-        memory_total_mib=parse_mib(record.get("memory.total")),
+        memory_used_mib=used,
+        memory_total_mib=total,
     )

@@ -1,7 +1,8 @@
 """Parser for plain ``nvidia-smi`` output: the boxed table of GPUs and the ``Processes:`` box.
 
 No column positions are read: rows are split on their ``|`` borders and matched by shape, so every
-driver generation's layout (Windows and MIG included) is read the same way.
+driver generation's layout (Windows and MIG included) is read the same way. Every pattern here is
+anchored or bounded so that it runs in linear time on any line, however long.
 """
 
 from __future__ import annotations
@@ -13,24 +14,32 @@ from dataclasses import dataclass, field
 from gpuwarden.probe.parse_common import (
     BUS_ID,
     NvidiaSmiParseError,
+    checked_gpus,
     clean_lines,
     looks_like_error,
     normalize_bus_id,
+    parse_int,
     parse_mib,
+    read_memory,
+    shown,
 )
 from gpuwarden.records import GpuProcess, GpuReading, OutputKind, ParsedOutput
 
 __all__ = ["parse_table"]
 
-_MEMORY_PAIR = re.compile(r"(\d+)\s*MiB\s*/\s*(\d+)\s*MiB")
-_TIMESTAMP = re.compile(r"^[A-Z][a-z]{2} [A-Z][a-z]{2} +\d+ \d\d:\d\d:\d\d \d{4}\s*$")
-_GPU_NAME_SUFFIX = re.compile(r"\s+(On|Off|WDDM|TCC|MCDM|N/A)\s*$")
-_PROCESS_TYPE = r"(?P<type>[CGM](?:\+[CGM])*)"
-_PROCESS_TAIL = r"\s+" + _PROCESS_TYPE + r"\s+(?P<name>\S.*?)\s+(?P<mem>\d+\s*MiB|N/A)\s*$"
-_PROCESS_ROW_GI_CI = re.compile(r"^\s*(?P<gpu>\d+)\s+(?P<gi>\S+)\s+(?P<ci>\S+)\s+(?P<pid>\d+)" + _PROCESS_TAIL)
-_PROCESS_ROW_PLAIN = re.compile(r"^\s*(?P<gpu>\d+)\s+(?P<pid>\d+)" + _PROCESS_TAIL)
-_DRIVER_VERSION = re.compile(r"(?:Driver Version|KMD Version):\s*([0-9.]+)")
-_PROMPT_LINE = re.compile(r"^(?:\S*[$#>]\s*)?(?:\S*[/\\])?nvidia-smi(?:\.exe)?(?:\s+-\S+)*\s*$", re.IGNORECASE)
+# "5918MiB / 16160MiB": a number may not start inside another number (the lookbehind), so a long
+# digit run is scanned once, not once per digit. Signs are captured so "-774MiB" is refused, not read as 774.
+_MEMORY_PAIR = re.compile(r"(?<![0-9.+-])([-+]?[0-9]+)\s*MiB\s*/\s*([-+]?[0-9]+)\s*MiB")
+_TIMESTAMP = re.compile(r"^[A-Z][a-z]{2} [A-Z][a-z]{2} +[0-9]{1,2} [0-9]{2}:[0-9]{2}:[0-9]{2} [0-9]{4}\s*$")
+_GPU_NAME_SUFFIXES = frozenset({"On", "Off", "WDDM", "TCC", "MCDM", "N/A"})
+_GPU_FIRST_CELL = re.compile(r"\s*([0-9]+)\s+(\S.*)")
+# The head of a process row up to its type; the name and memory are split off the rest by hand.
+_PROCESS_TYPE = r"([CGM](?:\+[CGM])*)\s+(\S.*)"
+_PROCESS_HEAD_GI_CI = re.compile(r"\s*([0-9]+)\s+\S+\s+\S+\s+([0-9]+)\s+" + _PROCESS_TYPE)
+_PROCESS_HEAD_PLAIN = re.compile(r"\s*([0-9]+)\s+([0-9]+)\s+" + _PROCESS_TYPE)
+_DRIVER_VERSION = re.compile(r"(?:Driver Version|KMD Version):\s*([0-9.]{1,40})")
+_PROMPT_END = ("$", "#", ">")
+_COMMAND_NAMES = ("nvidia-smi", "nvidia-smi.exe")
 
 
 @dataclass
@@ -45,12 +54,14 @@ class _TableScan:
     process_has_gi_ci: bool = False
     process_rows_started: bool = False
     current: dict[str, object] | None = None  # the GPU whose rows are being read
+    memory_seen: bool = False  # the current GPU's "MiB / MiB" cell was found (readable or not)
     saw_box: bool = False
 
     def finish_gpu(self) -> None:
         if self.current is not None:
             self.gpus.append(GpuReading(**self.current))  # type: ignore[arg-type]
             self.current = None
+        self.memory_seen = False
 
 
 def parse_table(text: str) -> ParsedOutput:
@@ -91,7 +102,7 @@ def _scan_text_line(scan: _TableScan, stripped: str) -> None:
     Once the boxes have begun, only error-looking lines are kept."""
     if scan.saw_box and scan.section != "preamble" and not looks_like_error([stripped]):
         return
-    if not _TIMESTAMP.match(stripped) and not _PROMPT_LINE.match(stripped):
+    if not _TIMESTAMP.match(stripped) and not _is_prompt_line(stripped):
         scan.messages.append(stripped)
 
 
@@ -136,12 +147,16 @@ def _scan_gpu_line(scan: _TableScan, cells: Sequence[str]) -> None:
         scan.current = first_row
         return
     current = scan.current
-    if current is not None and current.get("memory_used_mib") is None:
+    if current is not None and not scan.memory_seen:
+        index = current["index"]
+        assert isinstance(index, int)
         for cell in cells:
             pair = _MEMORY_PAIR.search(cell)
             if pair:
-                current["memory_used_mib"] = int(pair.group(1))
-                current["memory_total_mib"] = int(pair.group(2))
+                used, total, notes = read_memory(index, pair.group(1), pair.group(2))
+                current["memory_used_mib"], current["memory_total_mib"] = used, total
+                scan.messages.extend(notes)
+                scan.memory_seen = True
                 break
 
 
@@ -150,11 +165,12 @@ def _table_result(scan: _TableScan) -> ParsedOutput:
         if scan.messages:
             return ParsedOutput(kind=OutputKind.ERROR, messages=(" ".join(scan.messages)[:2000],))
         raise NvidiaSmiParseError("table output without any GPU row")
+    gpus, notes = checked_gpus(scan.gpus)
     return ParsedOutput(
         kind=OutputKind.TABLE,
-        gpus=tuple(scan.gpus),
+        gpus=gpus,
         processes=tuple(scan.processes),
-        messages=tuple(scan.messages),
+        messages=(*scan.messages, *notes),
         driver_version=scan.driver_version,
         lists_processes=scan.section == "processes" or bool(scan.processes),
     )
@@ -171,31 +187,86 @@ def _cells(line: str) -> list[str]:
 
 
 def _parse_gpu_first_row(cells: Sequence[str]) -> dict[str, object] | None:
+    """The first row of a GPU: index and name, then its PCI bus id. An index too long to be one
+    is refused, never skipped: a GPU row that is dropped would hide a GPU."""
     if len(cells) < 2:
         return None
-    match = re.match(r"^\s*(\d+)\s+(\S.*?)\s*$", cells[0])
+    match = _GPU_FIRST_CELL.match(cells[0])
     if not match or not BUS_ID.search(cells[1]):
         return None
-    name = _GPU_NAME_SUFFIX.sub("", match.group(2)).strip() or None
+    index = parse_int(match.group(1))
+    if index is None:
+        raise NvidiaSmiParseError(f"GPU row with an unreadable index {shown(match.group(1))}")
     return {
-        "index": int(match.group(1)),
-        "name": name,
+        "index": index,
+        "name": _gpu_name(match.group(2)),
         "bus_id": normalize_bus_id(cells[1]),
         "memory_used_mib": None,
         "memory_total_mib": None,
     }
 
 
+def _gpu_name(text: str) -> str | None:
+    """The name cell without its trailing persistence / driver-model word (``On``, ``TCC``...)."""
+    parts = text.rsplit(None, 1)
+    if len(parts) == 2 and parts[1] in _GPU_NAME_SUFFIXES:
+        return parts[0].strip() or None
+    return text.strip() or None
+
+
 def _parse_process_row(row: str, has_gi_ci: bool) -> GpuProcess | None:
-    patterns = (_PROCESS_ROW_GI_CI, _PROCESS_ROW_PLAIN) if has_gi_ci else (_PROCESS_ROW_PLAIN, _PROCESS_ROW_GI_CI)
+    patterns = (_PROCESS_HEAD_GI_CI, _PROCESS_HEAD_PLAIN) if has_gi_ci else (_PROCESS_HEAD_PLAIN, _PROCESS_HEAD_GI_CI)
     for pattern in patterns:
         match = pattern.match(row)
-        if match:
-            return GpuProcess(
-                pid=int(match.group("pid")),
-                name=match.group("name"),
-                type=match.group("type"),
-                used_memory_mib=parse_mib(match.group("mem")),
-                gpu_index=int(match.group("gpu")),
-            )
+        tail = _name_and_memory(match.group(4)) if match else None
+        if match and tail:
+            gpu, pid = parse_int(match.group(1)), parse_int(match.group(2))
+            if gpu is None or pid is None:
+                return None
+            return GpuProcess(pid=pid, name=tail[0], type=match.group(3), used_memory_mib=parse_mib(tail[1]),
+                              gpu_index=gpu)
     return None
+
+
+def _name_and_memory(rest: str) -> tuple[str, str] | None:
+    """``python3    2566MiB`` -> (``python3``, ``2566MiB``); the memory is the last field (``N/A`` or
+    a number of MiB), the name everything before it, inner spaces kept as printed."""
+    rest = rest.rstrip()
+    if rest.endswith("N/A"):
+        head, memory = rest[:-3], "N/A"
+    elif rest.endswith("MiB"):
+        number = rest[:-3].rstrip()
+        start = len(number)
+        while start > 0 and number[start - 1] in "0123456789":
+            start -= 1
+        if start == len(number):
+            return None
+        head, memory = number[:start], number[start:] + "MiB"
+    else:
+        return None
+    if not head[-1:].isspace() or not head.strip():
+        return None
+    return head.rstrip(), memory
+
+
+def _is_prompt_line(line: str) -> bool:
+    """``$ nvidia-smi``, ``C:\\Users\\me> nvidia-smi``, ``/usr/bin/nvidia-smi -a``: the recorded command."""
+    tokens = line.split()
+    if not tokens:
+        return False
+    if len(tokens) > 1 and tokens[0].endswith(_PROMPT_END) and _is_command(tokens[1], "/\\"):
+        flags = tokens[2:]
+    elif _is_command(tokens[0], "/\\$#>"):
+        flags = tokens[1:]
+    else:
+        return False
+    return all(len(flag) > 1 and flag.startswith("-") for flag in flags)
+
+
+def _is_command(token: str, separators: str) -> bool:
+    """``nvidia-smi`` or ``nvidia-smi.exe``, alone or after a path / prompt ending in ``separators``."""
+    lowered = token.lower()
+    for name in _COMMAND_NAMES:
+        if lowered == name or (lowered.endswith(name) and lowered[-len(name) - 1] in separators):
+            return True
+    return False

@@ -10,18 +10,26 @@ import xml.etree.ElementTree as ElementTree
 
 from gpuwarden.probe.parse_common import (
     NvidiaSmiParseError,
+    checked_gpus,
     clean_lines,
     missing,
     normalize_bus_id,
     parse_int,
     parse_mib,
+    read_memory,
+    shown,
 )
-from gpuwarden.records import GpuProcess, GpuReading, OutputKind, ParsedOutput
+from gpuwarden.records import MAX_GPU_INDEX, GpuProcess, GpuReading, OutputKind, ParsedOutput
 
 __all__ = ["LIST_LINE", "parse_list", "parse_pmon", "parse_xml"]
 
 # One line of ``nvidia-smi -L``.
-LIST_LINE = re.compile(r"^GPU (\d+): (.*?) \(UUID: (\S+)\)\s*$")
+LIST_LINE = re.compile(r"^GPU ([0-9]{1,12}): (.*?) \(UUID: (\S+)\)\s*$")
+# Characters XML 1.0 forbids (all C0 controls but tab, newline and carriage return; surrogates;
+# U+FFFE, U+FFFF). nvidia-smi prints a process name as it is, so one such character would make the
+# whole document unreadable: each becomes U+FFFD instead.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+_MISSING_NAMED = 16  # at most this many missing GPUs are named in a message
 
 
 # --------------------------------------------------------------------------- XML
@@ -38,8 +46,40 @@ def _text(element: ElementTree.Element | None, path: str) -> str | None:
 
 
 def parse_xml(text: str) -> ParsedOutput:
-    """``nvidia-smi -q -x``. A GPU's index is the position of its ``<gpu>`` element; memory is its
-    own ``<fb_memory_usage>``, never a ``<mig_device>``'s. Lines printed before the XML are kept."""
+    """``nvidia-smi -q -x``. GPUs are numbered as :func:`_gpu_indexes` says; memory is a GPU's own
+    ``<fb_memory_usage>``, never a ``<mig_device>``'s. Lines printed before the XML are kept."""
+    prefix, root = _xml_root(text)
+    blocks = root.findall("gpu")
+    indexes, messages = _gpu_indexes(root, blocks)
+    gpus: list[GpuReading] = []
+    processes: list[GpuProcess] = []
+    for index, gpu in zip(indexes, blocks, strict=True):
+        memory = gpu.find("fb_memory_usage")
+        used, total, notes = read_memory(index, _text(memory, "used"), _text(memory, "total"))
+        messages.extend(notes)
+        gpus.append(GpuReading(
+            index=index,
+            name=_text(gpu, "product_name"),
+            uuid=_text(gpu, "uuid"),
+            bus_id=normalize_bus_id(gpu.get("id") or _text(gpu, "pci/pci_bus_id")),
+            memory_used_mib=used,
+            memory_total_mib=total,
+        ))
+        processes.extend(_xml_processes(gpu, index))
+    checked, checks = checked_gpus(gpus)
+    return ParsedOutput(
+        kind=OutputKind.XML,
+        gpus=checked,
+        processes=tuple(processes),
+        messages=(*prefix, *messages, *checks),
+        driver_version=_text(root, "driver_version"),
+        lists_processes=True,
+    )
+
+
+def _xml_root(text: str) -> tuple[list[str], ElementTree.Element]:
+    """The lines printed before the XML, and its root. Entities are refused; characters XML 1.0
+    forbids (a control character in a process name) become U+FFFD rather than break the document."""
     cleaned = text.lstrip("\ufeff")
     start = cleaned.find("<?xml")
     if start < 0:
@@ -50,42 +90,55 @@ def parse_xml(text: str) -> ParsedOutput:
     if "<!ENTITY" in cleaned:
         raise NvidiaSmiParseError("XML output declares entities; refusing to expand them")
     prefix = [line.strip() for line in clean_lines(cleaned[:start]) if line.strip()]
-    body = cleaned[start:end + len("</nvidia_smi_log>")]
+    body = _NOT_XML.sub("\ufffd", cleaned[start:end + len("</nvidia_smi_log>")])
     try:
         root = ElementTree.fromstring(body)  # noqa: S314 - entities refused above; expat fetches no DTD
     except ElementTree.ParseError as error:
         raise NvidiaSmiParseError(f"malformed XML output: {error}") from None
-    gpus: list[GpuReading] = []
+    return prefix, root
+
+
+def _gpu_indexes(root: ElementTree.Element, blocks: list[ElementTree.Element]) -> tuple[list[int], list[str]]:
+    """The nvidia-smi index of each ``<gpu>`` block, and a message if some GPU is missing.
+
+    The XML does not print the index. When it lists every attached GPU (``<attached_gpus>``, or no
+    count at all), a GPU's index is its position. When some are missing (a lost GPU), positions would
+    renumber the rest onto other GPUs: then each GPU's ``<minor_number>`` (its /dev/nvidiaN) is its
+    index, if every listed GPU has a distinct one below the count; otherwise the output is refused."""
+    count_text = _text(root, "attached_gpus")
+    count = parse_int(count_text)
+    if count_text is None or count == len(blocks):
+        return list(range(len(blocks))), []
+    if count is None or count > MAX_GPU_INDEX + 1 or len(blocks) > count:
+        raise NvidiaSmiParseError(f"XML output lists {len(blocks)} GPUs where attached_gpus says "
+                                  f"{shown(count_text)}")
+    minors = [parse_int(_text(gpu, "minor_number")) for gpu in blocks]
+    known = [minor for minor in minors if minor is not None and minor < count]
+    if len(known) != len(blocks) or len(set(known)) != len(known):
+        raise NvidiaSmiParseError(
+            f"XML output lists {len(blocks)} of {count} attached GPUs, and their minor numbers do not "
+            "say which ones: refusing to guess GPU indexes")
+    absent = [str(index) for index in range(count) if index not in set(known)]
+    named = ", ".join(absent[:_MISSING_NAMED]) + (f" and {len(absent) - _MISSING_NAMED} more"
+                                                   if len(absent) > _MISSING_NAMED else "")
+    return known, [f"nvidia-smi counts {count} GPUs but printed {len(blocks)}: GPU {named} missing "
+                   "(GPU indexes taken from minor numbers)"]
+
+
+def _xml_processes(gpu: ElementTree.Element, index: int) -> list[GpuProcess]:
     processes: list[GpuProcess] = []
-    for position, gpu in enumerate(root.findall("gpu")):
-        memory = gpu.find("fb_memory_usage")
-        gpus.append(GpuReading(
-            index=position,
-            name=_text(gpu, "product_name"),
-            uuid=_text(gpu, "uuid"),
-            bus_id=normalize_bus_id(gpu.get("id") or _text(gpu, "pci/pci_bus_id")),
-            memory_used_mib=parse_mib(_text(memory, "used")),
-            memory_total_mib=parse_mib(_text(memory, "total")),
+    for info in gpu.findall("processes/process_info"):
+        pid = parse_int(_text(info, "pid"))
+        if pid is None:
+            continue
+        processes.append(GpuProcess(
+            pid=pid,
+            name=(info.findtext("process_name") or "").strip(),
+            type=_text(info, "type"),
+            used_memory_mib=parse_mib(_text(info, "used_memory")),
+            gpu_index=index,
         ))
-        for info in gpu.findall("processes/process_info"):
-            pid = parse_int(_text(info, "pid"))
-            if pid is None:
-                continue
-            processes.append(GpuProcess(
-                pid=pid,
-                name=(info.findtext("process_name") or "").strip(),
-                type=_text(info, "type"),
-                used_memory_mib=parse_mib(_text(info, "used_memory")),
-                gpu_index=position,
-            ))
-    return ParsedOutput(
-        kind=OutputKind.XML,
-        gpus=tuple(gpus),
-        processes=tuple(processes),
-        messages=tuple(prefix),
-        driver_version=_text(root, "driver_version"),
-        lists_processes=True,
-    )
+    return processes
 
 
 # --------------------------------------------------------------------------- pmon, -L
@@ -115,4 +168,5 @@ def parse_list(text: str) -> ParsedOutput:
         match = LIST_LINE.match(line.strip())
         if match:
             gpus.append(GpuReading(index=int(match.group(1)), name=match.group(2), uuid=match.group(3)))
-    return ParsedOutput(kind=OutputKind.LIST, gpus=tuple(gpus))
+    checked, messages = checked_gpus(gpus)
+    return ParsedOutput(kind=OutputKind.LIST, gpus=checked, messages=messages)
