@@ -11,7 +11,7 @@ import pytest
 
 from gpuwarden.errors import LoadRefused, StateUnavailable
 from gpuwarden.process import Launched
-from gpuwarden.process.fake import FakeProcessHost
+from gpuwarden.process.fake import FakeProcess, FakeProcessHost
 from gpuwarden.records import ModelState, Selection
 from tests.test_controller_lifecycle import Rig
 
@@ -45,6 +45,17 @@ def rig_with_hook(tmp_path: Path, hook: Callable[[Rig, Launched], None]) -> Rig:
     rig = Rig(tmp_path / "state", host=host, busy_timeout_seconds=0.3)
     host.after_launch = lambda launched: hook(rig, launched)
     return rig
+
+
+def cut_off_load(tmp_path: Path) -> tuple[Rig, FakeProcess]:
+    """A load of alpha onto GPU 0 cut off right after its launch (gpuwarden killed): its launcher."""
+    def die(rig: Rig, launched: Launched) -> None:
+        raise CutOff
+
+    rig = rig_with_hook(tmp_path, die)
+    with pytest.raises(CutOff):
+        rig.controller.load("alpha", GPU0)
+    return rig, rig.host.process("alpha")
 
 
 def test_the_gpus_are_reserved_before_the_launch(tmp_path: Path) -> None:
@@ -92,13 +103,8 @@ def test_an_unload_during_the_launch_wins(tmp_path: Path) -> None:
 
 
 def test_a_load_cut_off_after_its_launch_is_found_and_adopted(tmp_path: Path) -> None:
-    def die(rig: Rig, launched: Launched) -> None:
-        raise CutOff
-
-    rig = rig_with_hook(tmp_path, die)
-    with pytest.raises(CutOff):
-        rig.controller.load("alpha", GPU0)
-    pid = rig.host.process("alpha").pid
+    rig, launcher = cut_off_load(tmp_path)
+    pid = launcher.pid
     restarted = rig.new_controller()
     restarted.reconcile(at_startup=True)
     assert rig.state("alpha") is ModelState.STARTING and rig.view("alpha").pid is None  # maybe still launching
@@ -133,25 +139,13 @@ def test_a_database_corrupted_after_the_launch_stops_the_model(tmp_path: Path) -
 
 
 def test_unloading_a_load_cut_off_after_its_launch_stops_what_it_launched(tmp_path: Path) -> None:
-    def die(rig: Rig, launched: Launched) -> None:
-        raise CutOff
-
-    rig = rig_with_hook(tmp_path, die)
-    with pytest.raises(CutOff):
-        rig.controller.load("alpha", GPU0)
-    launcher = rig.host.process("alpha")
+    rig, launcher = cut_off_load(tmp_path)
     assert rig.controller.unload("alpha").state is ModelState.STOPPED  # no PID recorded: found by its log
     assert launcher.pid in rig.host.stops and running(rig) == [] and not launcher.model_running
 
 
 def test_a_given_up_load_stops_a_model_that_outlived_its_launcher(tmp_path: Path) -> None:
-    def die(rig: Rig, launched: Launched) -> None:
-        raise CutOff
-
-    rig = rig_with_hook(tmp_path, die)
-    with pytest.raises(CutOff):
-        rig.controller.load("alpha", GPU0)
-    launcher = rig.host.process("alpha")
+    rig, launcher = cut_off_load(tmp_path)
     rig.host.kill_launcher(launcher.pid)  # the model runs on
     rig.clock.advance(31)
     rig.controller.reconcile()
