@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from gpuwarden.executables import find_on_path
 
 QUERY_ARGS: tuple[str, ...] = ("-q", "-x")
 
@@ -57,9 +58,9 @@ def find_nvidia_smi(
         if configured.is_file():
             return configured
         raise NvidiaSmiFailed(f"nvidia_smi_path {configured} does not exist")
-    found = shutil.which("nvidia-smi", path=env.get("PATH"))
-    if found:
-        return Path(found)
+    found = find_on_path("nvidia-smi", env.get("PATH"), environ=env, platform=platform)
+    if found is not None:
+        return found
     looked = ["PATH"]
     if platform == "win32":
         for candidate in windows_candidates(env):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import psutil
 
+from gpuwarden.executables import find_on_path
 from gpuwarden.process.base import Launched, LaunchError
 from gpuwarden.process.exitrecord import (
     ExitRecord,
@@ -43,7 +43,8 @@ def resolve_program(program: str, cwd: Path, path_env: str | None) -> str | None
     if candidate.is_absolute() or os.sep in program or (os.altsep and os.altsep in program):
         full = candidate if candidate.is_absolute() else cwd / candidate
         return str(full) if full.is_file() else None
-    return shutil.which(program, path=path_env)
+    found = find_on_path(program, path_env)
+    return str(found) if found is not None else None
 
 
 def process_start_time(pid: int) -> float | None:
