@@ -237,3 +237,20 @@ def test_an_unknown_variable_is_a_warning_not_an_exit(capsys: pytest.CaptureFixt
     assert code == 0 and "Total GPUs: 1" in out
     assert err.strip() == ("gpuwarden: warning: ignoring unknown environment variable GPUWARDEN_REFRESH_INTERVAL;"
                            " did you mean GPUWARDEN_REFRESH_INTERVAL_SECONDS?")
+
+
+@pytest.mark.parametrize("encoding", ["cp1252", "ascii"])
+def test_output_to_a_file_in_a_narrow_code_page_never_crashes(tmp_path: Path, encoding: str) -> None:
+    """Windows encodes redirected output in the ANSI code page: names outside it must not crash."""
+    (tmp_path / "g.csv").write_text("index, uuid, memory.used\n0, GPU-x, 500\n", encoding="utf-8")
+    (tmp_path / "a.csv").write_text("gpu_uuid, pid, process_name, used_memory\nGPU-x, 5, 模型服务 ✓ \ufffd, 10\n",
+                                    encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUWARDEN_")}
+    env.update({"GPUWARDEN_MOCK_SMI": os.pathsep.join([str(tmp_path / "g.csv"), str(tmp_path / "a.csv")]),
+                "GPUWARDEN_STATE_DIR": str(tmp_path / "state"), "PYTHONIOENCODING": encoding})
+    for args in (["status"], ["status", "--json"], ["models"]):
+        result = subprocess.run([sys.executable, "-m", "gpuwarden", *args], cwd=REPO, env=env,
+                                capture_output=True, timeout=60, check=False)
+        assert result.returncode == 0, (args, result.stderr.decode("utf-8", "replace"))
+    assert b"PID 5" in subprocess.run([sys.executable, "-m", "gpuwarden", "status"], cwd=REPO, env=env,
+                                      capture_output=True, timeout=60, check=False).stdout

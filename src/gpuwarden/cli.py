@@ -7,6 +7,7 @@ Exit codes: 0 done (CPU mode included), 1 refused or failed, 2 bad configuration
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -202,8 +203,19 @@ def serve(ctx: click.Context, host: str | None, port: int | None, demo: bool) ->
     run_server(settings)
 
 
+def tolerant_output() -> None:
+    """Output redirected to a file or pipe is encoded in the ANSI code page on Windows (cp1252): a
+    process name outside it is written with a replacement character, never a crash."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                reconfigure(errors="replace")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (testable in process)."""
+    tolerant_output()
     try:
         result = cli.main(args=argv, prog_name="gpuwarden", standalone_mode=False)
     except click.exceptions.Exit as exit_:
