@@ -400,3 +400,21 @@ def test_the_model_dies_with_its_launcher_even_without_supervision(fake_smi: Fak
     assert wait_for(lambda: not psutil.pid_exists(view.model_pid or 0) or  # no reconcile here
                     psutil.Process(view.model_pid or 0).status() == psutil.STATUS_ZOMBIE, 5)
     controller.reconcile()
+
+
+def test_unload_lets_the_launcher_write_its_exit_record(fake_smi: FakeSmi, tmp_path: Path) -> None:
+    """The Windows order (children first, then the launcher exits by itself), run here: over several
+    unloads every exit record is written whole, and no temporary file is left behind."""
+    settings = make_settings(tmp_path / "state", models=FAKE_MODELS, unload_timeout_seconds=3)
+    controller = Controller(settings, make_source(settings), Store(tmp_path / "state" / "gpuwarden.db"),
+                            LocalProcessHost(tmp_path / "state" / "logs", staged_stop=True))
+    for _ in range(5):
+        controller.load("alpha", parse_selection("0"))
+        assert wait_for(lambda: controller.models()[0].model_pid is not None and model_pids(fake_smi, [0]))
+        view = controller.unload("alpha")
+        assert view.state == "stopped" and not model_pids(fake_smi)
+        latest = controller.models()[0]
+        assert latest.exit_code is not None, latest  # the launcher recorded how the model ended
+    logs = list((tmp_path / "state" / "logs").iterdir())
+    assert len([p for p in logs if p.name.endswith(".exit.json")]) == 5
+    assert not [p for p in logs if p.name.endswith(".tmp")]

@@ -33,6 +33,7 @@ from gpuwarden.process.exitrecord import (
 )
 
 START_TIME_TOLERANCE_SECONDS = 0.5
+LAUNCHER_EXIT_GRACE_SECONDS = 3.0  # Windows: a launcher writes its exit record this long after its model
 LOG_TAIL_LINES = 20
 LOG_TAIL_BYTES = 16 * 1024
 
@@ -52,6 +53,18 @@ def process_start_time(pid: int) -> float | None:
         return psutil.Process(pid).create_time()
     except (psutil.Error, OSError, ValueError):
         return None
+
+
+def _terminate(processes: list[psutil.Process], timeout_seconds: float) -> None:
+    """Ask every process to stop, then kill those still there after ``timeout_seconds``."""
+    for process in processes:
+        with contextlib.suppress(psutil.Error, OSError):
+            process.terminate()
+    _gone, alive = psutil.wait_procs(processes, timeout=timeout_seconds)
+    for process in alive:
+        with contextlib.suppress(psutil.Error, OSError):
+            process.kill()
+    psutil.wait_procs(alive, timeout=5)
 
 
 def _group_members(leader_pid: int, leader_start: float) -> dict[int, float]:
@@ -86,8 +99,9 @@ def _detach_options() -> dict[str, object]:
 class LocalProcessHost:
     """The processes of this machine. Keeps the Popen of each child it started so the OS can reap it."""
 
-    def __init__(self, logs_dir: Path) -> None:
+    def __init__(self, logs_dir: Path, *, staged_stop: bool = sys.platform == "win32") -> None:
         self._logs_dir = logs_dir
+        self._staged_stop = staged_stop
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     def new_log_path(self, model_name: str) -> Path:
@@ -169,17 +183,19 @@ class LocalProcessHost:
             return
         try:
             root = psutil.Process(pid)
-            members = [*root.children(recursive=True), root]
+            children = root.children(recursive=True)
         except (psutil.Error, OSError):
             return
-        for member in members:
-            with contextlib.suppress(psutil.Error, OSError):
-                member.terminate()
-        _gone, alive = psutil.wait_procs(members, timeout=timeout_seconds)
-        for member in alive:
-            with contextlib.suppress(psutil.Error, OSError):
-                member.kill()
-        psutil.wait_procs(alive, timeout=5)
+        if not self._staged_stop:
+            _terminate([*children, root], timeout_seconds)
+            return
+        # Windows: TerminateProcess gives no chance to clean up. Stop the model's processes first, then
+        # let the launcher write its exit record and exit by itself; only then is it terminated.
+        _terminate(children, timeout_seconds)
+        try:
+            root.wait(timeout=LAUNCHER_EXIT_GRACE_SECONDS)
+        except (psutil.Error, OSError):
+            _terminate([root], timeout_seconds)
 
     def healthy(self, url: str, timeout_seconds: float = 2.0) -> bool:
         if not url.startswith(("http://", "https://")):

@@ -15,7 +15,6 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 
 from gpuwarden.process.exitrecord import model_path_beside, write_exit_record, write_model_record
 
@@ -65,28 +64,49 @@ def main(argv: list[str]) -> int:
     exit_file = Path(argv[0])
     command = argv[2:]
     try:
-        child = subprocess.Popen(command, preexec_fn=_die_with_launcher())
+        child = subprocess.Popen(command, preexec_fn=_die_with_launcher(), creationflags=_child_flags())
     except (OSError, subprocess.SubprocessError) as error:
         message = f"cannot start {command[0]!r}: {getattr(error, 'strerror', None) or error}"
         print(f"gpuwarden: {message}", file=sys.stderr, flush=True)
         write_exit_record(exit_file, 127, message)
         return 127
-
     with contextlib.suppress(OSError):
         write_model_record(model_path_beside(exit_file), child.pid, _start_time(child.pid))
-
-    def forward(signum: int, frame: FrameType | None) -> None:
-        with contextlib.suppress(OSError):
-            child.send_signal(signum)
-
     for name in ("SIGTERM", "SIGINT", "SIGBREAK", "SIGHUP"):
         if hasattr(signal, name):
             with contextlib.suppress(OSError, ValueError):
-                signal.signal(getattr(signal, name), forward)
-    code = child.wait()
+                signal.signal(getattr(signal, name), lambda signum, frame: _forward(child, signum))
+    code = _wait(child)
     print(f"gpuwarden: model process exited with code {code}", file=sys.stderr, flush=True)
     write_exit_record(exit_file, code, None)
     return 0
+
+
+def _child_flags() -> int:
+    """Windows: the model gets a process group of its own, so CTRL_BREAK_EVENT can be sent to it."""
+    return getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0) if sys.platform == "win32" else 0
+
+
+def _forward(child: subprocess.Popen[bytes], signum: int) -> None:
+    """Pass a stop request on to the model. Windows accepts only SIGTERM (TerminateProcess) and the
+    console events: Ctrl+C and Ctrl+Break become CTRL_BREAK_EVENT, the one a process group receives."""
+    with contextlib.suppress(OSError, ValueError):
+        if sys.platform != "win32":
+            child.send_signal(signum)
+        elif signum == signal.SIGTERM:
+            child.terminate()
+        else:
+            child.send_signal(getattr(signal, "CTRL_BREAK_EVENT", signal.SIGTERM))
+
+
+def _wait(child: subprocess.Popen[bytes]) -> int:
+    """Wait in short steps: on Windows a signal handler runs only between them, so a stop request is
+    passed on at once instead of after the model has ended by itself."""
+    while True:
+        try:
+            return child.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            continue
 
 
 if __name__ == "__main__":
