@@ -41,28 +41,28 @@ class FakeSmi:
         self.bin.mkdir()
         source = FAKES / "fake_nvidia_smi.py"
         if sys.platform == "win32":  # found through PATHEXT, as nvidia-smi.exe would be
-            (self.bin / "nvidia-smi.cmd").write_text(f'@"{sys.executable}" "{source}" %*\r\n')
+            (self.bin / "nvidia-smi.cmd").write_text(f'@"{sys.executable}" "{source}" %*\r\n', encoding="utf-8")
         else:
             script = self.bin / "nvidia-smi"
-            script.write_text(f"#!{sys.executable}\n" + source.read_text())
+            script.write_text(f"#!{sys.executable}\n" + source.read_text(encoding="utf-8"), encoding="utf-8")
             script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
         self.set_gpus(2)
         self._foreign: list[subprocess.Popen[bytes]] = []
 
     def set_gpus(self, count: int, base_used: int = 1, total: int = 24564) -> None:
         (self.dir / "gpus.json").write_text(json.dumps(
-            [{"base_used": base_used, "total": total, "name": "Fake GPU"} for _ in range(count)]))
+            [{"base_used": base_used, "total": total, "name": "Fake GPU"} for _ in range(count)]), encoding="utf-8")
 
     def set_mode(self, mode: str) -> None:
-        (self.dir / "mode").write_text(mode)
+        (self.dir / "mode").write_text(mode, encoding="utf-8")
 
     def set_delay(self, seconds: float) -> None:
-        (self.dir / "delay").write_text(str(seconds))
+        (self.dir / "delay").write_text(str(seconds), encoding="utf-8")
 
     @property
     def calls(self) -> int:
         path = self.dir / "calls"
-        return len(path.read_text().splitlines()) if path.exists() else 0
+        return len(path.read_text(encoding="utf-8").splitlines()) if path.exists() else 0
 
     def add_foreign(self, gpus: str, mib: int = 400, name: str = "python3") -> subprocess.Popen[bytes]:
         """Start a foreign process that shows on ``gpus``; waits until it has registered."""

@@ -56,7 +56,7 @@ class Server:
         for model in FAKE_MODELS:
             lines.append("[[models]]")
             lines.extend(f"{key} = {toml_value(value)}" for key, value in model.items())
-        config.write_text("\n".join(lines) + "\n")
+        config.write_text("\n".join(lines) + "\n", encoding="utf-8")
         env = {k: v for k, v in os.environ.items() if not k.startswith("GPUWARDEN_")}
         env.update(extra_env or {})
         self.log = (tmp_path / "server.log").open("wb")
@@ -70,7 +70,7 @@ class Server:
                 return
             except OSError:
                 time.sleep(0.1)
-        raise RuntimeError("server did not start: " + (tmp_path / "server.log").read_text())
+        raise RuntimeError("server did not start: " + (tmp_path / "server.log").read_text(encoding="utf-8"))
 
     def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         request = urllib.request.Request(self.url + path, method=method,
@@ -185,7 +185,7 @@ def test_multi_gpu_selection_and_crash_shown(server: Server, fake_smi: FakeSmi, 
     expect(model_card(page, "gamma").locator(".model-state")).to_have_text("running", timeout=8000)
     # The model crashes: every dashboard shows it within seconds, with its error.
     for path in (fake_smi.dir / "procs").glob("*.json"):
-        info = json.loads(path.read_text())
+        info = json.loads(path.read_text(encoding="utf-8"))
         if info["mib"] == 300:
             os.kill(info["pid"], signal.SIGKILL)
     expect(model_card(page, "gamma").locator(".model-state")).to_have_text("failed", timeout=6000)

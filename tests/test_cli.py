@@ -34,7 +34,7 @@ def run_cli(args: list[str], env: dict[str, str], capsys: pytest.CaptureFixture[
 @pytest.mark.parametrize("sidecar", SIDECARS, ids=lambda p: p.stem)
 def test_status_json_for_every_public_fixture(sidecar: Path, capsys: pytest.CaptureFixture[str],
                                               monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    meta = json.loads(sidecar.read_text())
+    meta = json.loads(sidecar.read_text(encoding="utf-8"))
     env = {"GPUWARDEN_MOCK_SMI": str(sidecar.with_suffix(".txt"))}
     columns = sidecar_columns(meta)
     if columns:
@@ -176,8 +176,8 @@ def test_process_names_cannot_inject_terminal_escapes(capsys: pytest.CaptureFixt
                                                       monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     text = "index, memory.used\n0, 500\n"
     apps = "gpu_uuid, pid, process_name, used_memory\nGPU-x, 5, \x1b[31mevil\x1b[0m, 10\n"
-    (tmp_path / "g.csv").write_text("index, uuid, memory.used\n0, GPU-x, 500\n")
-    (tmp_path / "a.csv").write_text(apps)
+    (tmp_path / "g.csv").write_text("index, uuid, memory.used\n0, GPU-x, 500\n", encoding="utf-8")
+    (tmp_path / "a.csv").write_text(apps, encoding="utf-8")
     del text
     env = {"GPUWARDEN_MOCK_SMI": os.pathsep.join([str(tmp_path / "g.csv"), str(tmp_path / "a.csv")])}
     code, out, _ = run_cli(["status"], env, capsys, monkeypatch, tmp_path)
@@ -197,7 +197,7 @@ def test_bad_config_exits_2_naming_the_key(env: dict[str, str], message: str, ca
 def test_bad_config_file_exits_2(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
                                  tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
-    config.write_text("memory_threshold_mib = [1]\n")
+    config.write_text("memory_threshold_mib = [1]\n", encoding="utf-8")
     code, _, err = run_cli(["--config", str(config), "status"], {}, capsys, monkeypatch, tmp_path)
     assert code == 2 and "'memory_threshold_mib'" in err and str(config) in err
 
@@ -209,7 +209,7 @@ def test_models_load_unload_commands(fake_smi: Any, capsys: pytest.CaptureFixtur
     config = tmp_path / "g.toml"
     config.write_text(f'state_dir = {json.dumps(str(tmp_path / "state"))}\nunload_timeout_seconds = 3\n'
                       '[[models]]\nname = "alpha"\ncommand = ' + json.dumps(model_command()) + "\n"
-                      "startup_grace_seconds = 0.2\ndefault_gpus = 2\n")
+                      "startup_grace_seconds = 0.2\ndefault_gpus = 2\n", encoding="utf-8")
     base = ["--config", str(config)]
     code, out, _ = run_cli([*base, "models"], {}, capsys, monkeypatch, tmp_path)
     assert code == 0 and "alpha" in out and "not_loaded" in out

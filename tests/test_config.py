@@ -67,7 +67,7 @@ def test_example_file_is_valid_and_covers_every_setting() -> None:
     example = REPO / "gpuwarden.example.toml"
     settings = load_settings(example, environ={})
     assert [m.name for m in settings.models] == ["llama-7b", "qwen-14b"]
-    text = example.read_text()
+    text = example.read_text(encoding="utf-8")
     for name in Settings.model_fields:
         if name != "models":
             assert re.search(rf"^#? ?{name} =", text, re.MULTILINE), f"{name} missing from gpuwarden.example.toml"
@@ -77,7 +77,7 @@ def test_example_file_is_valid_and_covers_every_setting() -> None:
 
 
 def test_every_setting_is_documented_in_the_readme() -> None:
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
     for name, description in documented_settings().items():
         assert f"`{name}`" in readme, f"setting {name} is not documented in README.md"
         assert description, f"setting {name} has no description"

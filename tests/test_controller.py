@@ -43,7 +43,7 @@ def controller_for(state_dir: Path, models: list[dict[str, Any]] | None = None, 
 def model_pids(fake_smi: FakeSmi, gpus: list[int] | None = None) -> list[int]:
     pids = []
     for path in (fake_smi.dir / "procs").glob("*.json"):
-        info = json.loads(path.read_text())
+        info = json.loads(path.read_text(encoding="utf-8"))
         alive = psutil.pid_exists(info["pid"]) and psutil.Process(info["pid"]).status() != psutil.STATUS_ZOMBIE
         if alive and (gpus is None or info["gpus"] == gpus):
             pids.append(info["pid"])
@@ -99,7 +99,7 @@ def test_environment_given_to_the_model(fake_smi: FakeSmi, tmp_path: Path) -> No
         del os.environ["GPUWARDEN_MOCK_SMI"]
     assert wait_for(out.exists)
     time.sleep(0.2)
-    seen = json.loads(out.read_text())
+    seen = json.loads(out.read_text(encoding="utf-8"))
     assert seen["CUDA_VISIBLE_DEVICES"] == "0,1" and seen["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
     assert seen["GPUWARDEN_MODEL"] == "env" and seen["GPUWARDEN_MOCK_SMI"] is None
     assert seen["EXTRA"] == "on 0,1"

@@ -68,7 +68,7 @@ def test_manifest_lists_exactly_the_shared_fixtures() -> None:
 
 @pytest.mark.parametrize("sidecar", SIDECARS, ids=lambda p: p.stem)
 def test_public_fixture(sidecar: Path) -> None:
-    meta = json.loads(sidecar.read_text())
+    meta = json.loads(sidecar.read_text(encoding="utf-8"))
     text = sidecar.with_suffix(".txt").read_text(encoding="utf-8")
     parsed = parse_output(text, sidecar_columns(meta))
     expected = meta["expected"]
@@ -96,7 +96,7 @@ H200_BUSY = {"memory_used_mib": 3193, "pids": [701, 702], "process_mib": [2566, 
 
 @pytest.mark.parametrize("name", ["busy_table.txt", "busy_table_as_other_user.txt", "busy_xml.txt"])
 def test_h200_busy_with_processes(name: str) -> None:
-    parsed = parse_output((H200 / name).read_text())
+    parsed = parse_output((H200 / name).read_text(encoding="utf-8"))
     assert [(g.index, g.memory_used_mib, g.memory_total_mib) for g in parsed.gpus] == [(0, 3193, 143771)]
     assert [(p.gpu_index, p.pid, p.name, p.used_memory_mib) for p in parsed.processes] == [
         (0, 701, "python3", 2566), (0, 702, "python3", 612)]
@@ -108,12 +108,12 @@ def test_h200_busy_with_processes(name: str) -> None:
     ("idle_table.txt", 0, 143771), ("idle_xml.txt", 0, 143771),
 ])
 def test_h200_gpu_memory(name: str, used: int, total: int | None) -> None:
-    parsed = parse_output((H200 / name).read_text())
+    parsed = parse_output((H200 / name).read_text(encoding="utf-8"))
     assert [(g.index, g.memory_used_mib, g.memory_total_mib) for g in parsed.gpus] == [(0, used, total)]
 
 
 def test_h200_full_query_reads_uuid_and_ignores_deprecated_fields() -> None:
-    gpu = parse_output((H200 / "busy_q_full.txt").read_text()).gpus[0]
+    gpu = parse_output((H200 / "busy_q_full.txt").read_text(encoding="utf-8")).gpus[0]
     assert gpu.uuid == "GPU-9f039991-11fe-c64c-80b4-7cef67a5df02"
     assert gpu.name == "NVIDIA H200"
     assert gpu.bus_id == "0000:00:06.0"
@@ -121,7 +121,7 @@ def test_h200_full_query_reads_uuid_and_ignores_deprecated_fields() -> None:
 
 @pytest.mark.parametrize("name", ["busy_apps.txt", "busy_apps_noheader.txt"])
 def test_h200_compute_apps_name_gpu_by_uuid(name: str) -> None:
-    parsed = parse_output((H200 / name).read_text())
+    parsed = parse_output((H200 / name).read_text(encoding="utf-8"))
     assert parsed.kind is OutputKind.CSV_APPS
     assert [(p.pid, p.name, p.used_memory_mib, p.gpu_index, p.gpu_uuid) for p in parsed.processes] == [
         (701, "python3", 2566, None, "GPU-9f039991-11fe-c64c-80b4-7cef67a5df02"),
@@ -129,15 +129,15 @@ def test_h200_compute_apps_name_gpu_by_uuid(name: str) -> None:
 
 
 def test_h200_idle_apps_is_header_only() -> None:
-    parsed = parse_output((H200 / "idle_apps.txt").read_text())
+    parsed = parse_output((H200 / "idle_apps.txt").read_text(encoding="utf-8"))
     assert parsed.kind is OutputKind.CSV_APPS and parsed.processes == () and parsed.lists_processes
 
 
 def test_h200_pmon_and_list() -> None:
-    pmon = parse_output((H200 / "busy_pmon.txt").read_text())
+    pmon = parse_output((H200 / "busy_pmon.txt").read_text(encoding="utf-8"))
     assert [(p.gpu_index, p.pid, p.name, p.type) for p in pmon.processes] == [
         (0, 701, "python3", "C"), (0, 702, "python3", "C")]
-    listing = parse_output((H200 / "list.txt").read_text())
+    listing = parse_output((H200 / "list.txt").read_text(encoding="utf-8"))
     assert [(g.index, g.name, g.uuid, g.memory_used_mib) for g in listing.gpus] == [
         (0, "NVIDIA H200", "GPU-9f039991-11fe-c64c-80b4-7cef67a5df02", None)]
 
@@ -145,7 +145,7 @@ def test_h200_pmon_and_list() -> None:
 @pytest.mark.parametrize("name", ["help_query_gpu.txt", "version.txt"])
 def test_non_status_outputs_are_refused_clearly(name: str) -> None:
     with pytest.raises(NvidiaSmiParseError, match="unrecognised"):
-        parse_output((H200 / name).read_text())
+        parse_output((H200 / name).read_text(encoding="utf-8"))
 
 
 # Error outputs seen in the wild (see the public README): message kept verbatim.
@@ -169,7 +169,7 @@ def test_error_outputs(text: str) -> None:
 
 
 def test_error_line_before_table_is_kept_and_gaps_in_indexes_survive() -> None:
-    table = (PUBLIC / "013-v100s-x8-535.171.04-one-busy.txt").read_text()
+    table = (PUBLIC / "013-v100s-x8-535.171.04-one-busy.txt").read_text(encoding="utf-8")
     lines = table.splitlines()
     # drop GPU 1's block (4 lines after GPU 0's block) to make indexes 0, 2, 3...
     start = next(i for i, line in enumerate(lines) if line.startswith("|   1  Tesla"))
@@ -181,7 +181,7 @@ def test_error_line_before_table_is_kept_and_gaps_in_indexes_survive() -> None:
 
 
 def test_bom_crlf_and_no_trailing_newline() -> None:
-    text = (PUBLIC / "017-rtx3080-576.80-windows-cg.txt").read_text()
+    text = (PUBLIC / "017-rtx3080-576.80-windows-cg.txt").read_text(encoding="utf-8")
     parsed = parse_output("\ufeff" + text.replace("\n", "\r\n").rstrip())
     assert len(parsed.processes) == 17 and parsed.gpus[0].memory_used_mib == 665
 
@@ -211,7 +211,7 @@ def test_kmd_version_header_and_empty_process_box() -> None:
 
 
 def test_lost_gpu_memory_is_none() -> None:
-    text = (PUBLIC / "008-v100x4-450.57-one-busy.txt").read_text().replace(
+    text = (PUBLIC / "008-v100x4-450.57-one-busy.txt").read_text(encoding="utf-8").replace(
         "|      0MiB / 16160MiB |      0%      Default |", "|    ERR!    /   ERR!  |    ERR!      Default |", 1)
     parsed = parse_output(text)
     assert parsed.gpus[1].memory_used_mib is None and parsed.gpus[0].memory_used_mib == 5918
@@ -232,7 +232,7 @@ def test_csv_apps_process_name_with_comma() -> None:
 
 
 def test_headerless_csv_needs_columns_unless_the_shape_is_known() -> None:
-    text = (PUBLIC / "032-csv-gpu-titanx-x8-noheader-nounits.txt").read_text()
+    text = (PUBLIC / "032-csv-gpu-titanx-x8-noheader-nounits.txt").read_text(encoding="utf-8")
     with pytest.raises(NvidiaSmiParseError, match="name its columns"):
         parse_output(text)
     recorded_with_command = "$ nvidia-smi --query-gpu=index,uuid,name,temperature.gpu,utilization.gpu," \
@@ -241,7 +241,7 @@ def test_headerless_csv_needs_columns_unless_the_shape_is_known() -> None:
 
 
 def test_mig_rows_are_not_gpus() -> None:
-    parsed = parse_output((PUBLIC / "024-h100-mig-590.48.01-load.txt").read_text())
+    parsed = parse_output((PUBLIC / "024-h100-mig-590.48.01-load.txt").read_text(encoding="utf-8"))
     assert len(parsed.gpus) == 1 and parsed.gpus[0].memory_used_mib == 11125
 
 
@@ -258,7 +258,7 @@ def test_xml_with_entities_is_refused() -> None:
 
 
 def test_truncated_xml_is_a_parse_error() -> None:
-    text = (H200 / "busy_xml.txt").read_text()
+    text = (H200 / "busy_xml.txt").read_text(encoding="utf-8")
     with pytest.raises(NvidiaSmiParseError):
         parse_output(text[: len(text) // 2])
     broken = text.replace("<fb_memory_usage>", "<fb_memory_usage><<", 1)
@@ -304,6 +304,6 @@ def test_seed_csv_round_trip(rows: list[tuple[int, int]]) -> None:
 
 @pytest.mark.parametrize("prompt", ["$ nvidia-smi", "C:\\Users\\me> nvidia-smi", "nvidia-smi.exe", "# nvidia-smi -a"])
 def test_a_recorded_prompt_line_is_not_an_error(prompt: str) -> None:
-    text = prompt + "\n" + (PUBLIC / "019-l40s-x4-580.119.02-mixed.txt").read_text()
+    text = prompt + "\n" + (PUBLIC / "019-l40s-x4-580.119.02-mixed.txt").read_text(encoding="utf-8")
     parsed = parse_output(text)
     assert parsed.messages == () and len(parsed.gpus) == 4

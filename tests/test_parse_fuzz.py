@@ -26,7 +26,7 @@ TEXTS = {path: path.read_text(encoding="utf-8") for path in FIXTURES}
 
 def columns_of(path: Path) -> list[str] | None:
     sidecar = path.with_suffix(".json")
-    return sidecar_columns(json.loads(sidecar.read_text())) if sidecar.is_file() else None
+    return sidecar_columns(json.loads(sidecar.read_text(encoding="utf-8"))) if sidecar.is_file() else None
 
 
 COLUMNS = {path: columns_of(path) for path in FIXTURES}

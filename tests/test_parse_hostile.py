@@ -222,7 +222,8 @@ def xml_of(attached: str | None, *blocks: str) -> str:
 
 def test_xml_fixtures_keep_their_indexes() -> None:
     assert gpus_of(XML_H200) == [(0, 3193, 143771)]
-    assert [g.index for g in parse_output((PUBLIC / "040-xml-t4-515.105.01.txt").read_text()).gpus] == [0]
+    t4 = (PUBLIC / "040-xml-t4-515.105.01.txt").read_text(encoding="utf-8")
+    assert [g.index for g in parse_output(t4).gpus] == [0]
 
 
 def test_xml_listing_every_attached_gpu_numbers_them_by_position_whatever_their_minor_numbers() -> None:

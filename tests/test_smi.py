@@ -79,9 +79,9 @@ def test_windows_locations_are_searched(tmp_path: Path) -> None:
         find_nvidia_smi(None, environ, platform="win32")
     nvsmi = tmp_path / "Program Files" / "NVIDIA Corporation" / "NVSMI"
     nvsmi.mkdir(parents=True)
-    (nvsmi / "nvidia-smi.exe").write_text("")
+    (nvsmi / "nvidia-smi.exe").write_text("", encoding="utf-8")
     assert find_nvidia_smi(None, environ, platform="win32") == nvsmi / "nvidia-smi.exe"
-    (system32 / "nvidia-smi.exe").write_text("")
+    (system32 / "nvidia-smi.exe").write_text("", encoding="utf-8")
     assert find_nvidia_smi(None, environ, platform="win32") == system32 / "nvidia-smi.exe"
     assert windows_candidates({})[0] == Path(r"C:\Windows") / "System32" / "nvidia-smi.exe"
 

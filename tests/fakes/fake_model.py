@@ -22,7 +22,7 @@ def register(name: str, mib: int, gpus: list[int]) -> None:
     procs.mkdir(parents=True, exist_ok=True)
     path = procs / f"{os.getpid()}.json"
     temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps({"pid": os.getpid(), "name": name, "mib": mib, "gpus": gpus}))
+    temporary.write_text(json.dumps({"pid": os.getpid(), "name": name, "mib": mib, "gpus": gpus}), encoding="utf-8")
     os.replace(temporary, path)
 
 

@@ -30,8 +30,8 @@ def main() -> int:
     base = Path(os.environ["FAKE_SMI_DIR"])
     with (base / "calls").open("a") as calls:
         calls.write(f"{os.getpid()} {' '.join(sys.argv[1:])}\n")
-    mode = (base / "mode").read_text().strip() if (base / "mode").exists() else "normal"
-    delay = float((base / "delay").read_text()) if (base / "delay").exists() else 0.0
+    mode = (base / "mode").read_text(encoding="utf-8").strip() if (base / "mode").exists() else "normal"
+    delay = float((base / "delay").read_text(encoding="utf-8")) if (base / "delay").exists() else 0.0
     if delay:
         time.sleep(delay)
     if mode == "hang":
@@ -46,11 +46,11 @@ def main() -> int:
     if mode == "garbage":
         sys.stdout.write("\x00\x01 this is not nvidia-smi output \xff\n")
         return 0
-    gpus = json.loads((base / "gpus.json").read_text())
+    gpus = json.loads((base / "gpus.json").read_text(encoding="utf-8"))
     procs: dict[int, list[dict[str, object]]] = {i: [] for i in range(len(gpus))}
     for entry in sorted((base / "procs").glob("*.json")):
         try:
-            info = json.loads(entry.read_text())
+            info = json.loads(entry.read_text(encoding="utf-8"))
         except ValueError:
             continue
         pid = int(info["pid"])
