@@ -83,8 +83,14 @@ def _group_members(leader_pid: int, leader_start: float) -> dict[int, float]:
 
 
 def _may_stop(pid: int) -> bool:
-    """Never init, gpuwarden itself or its parent, whatever a record says."""
-    return pid > 1 and pid not in (os.getpid(), os.getppid())
+    """Never init, gpuwarden itself or its parent, whatever a record says. (psutil for the parent:
+    os.getppid() needs an API Wine lacks on Windows builds.)"""
+    if pid <= 1 or pid == os.getpid():
+        return False
+    try:
+        return pid != psutil.Process().ppid()
+    except (psutil.Error, OSError):
+        return False
 
 
 def _detach_options() -> dict[str, object]:
