@@ -27,6 +27,22 @@ FAKE_MODEL = FAKES / "fake_model.py"
 REPO = TESTS.parent
 
 
+def under_wine() -> bool:
+    """True in a Windows Python running under Wine (not on real Windows): ntdll exports wine_get_version."""
+    if sys.platform != "win32":
+        return False
+    import ctypes
+
+    return hasattr(ctypes.WinDLL("ntdll"), "wine_get_version")
+
+
+UNDER_WINE = under_wine()
+# Wine, not Windows: psutil cannot read a process's name or user there, so users come back empty.
+WINE_HIDES_USERS = "under Wine psutil cannot read process names and users (real Windows can)"
+# How a process killed from outside ends: -9 on POSIX; TerminateProcess's exit code on Windows.
+KILLED_EXIT_CODE = -9 if sys.platform != "win32" else None
+
+
 def model_command(*extra: str) -> list[str]:
     return [sys.executable, str(FAKE_MODEL), *extra]
 
@@ -137,7 +153,11 @@ def _no_leftover_processes(tmp_path: Path) -> Iterator[None]:
         except psutil.Error:
             continue
     for process in leftovers:
-        for member in [*process.children(recursive=True), process]:
+        try:
+            members = [*process.children(recursive=True), process]
+        except psutil.Error:  # it ended meanwhile
+            continue
+        for member in members:
             with contextlib.suppress(psutil.Error):
                 member.kill()
     psutil.wait_procs(leftovers, timeout=5)

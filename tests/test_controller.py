@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from gpuwarden.probe.shared import Freshness
 from gpuwarden.process.host import LocalProcessHost
 from gpuwarden.records import GpuState, Selection, parse_selection
 from gpuwarden.store import Store
-from tests.conftest import FAKE_MODELS, FakeSmi, make_settings, model_command, wait_for
+from tests.conftest import FAKE_MODELS, KILLED_EXIT_CODE, UNDER_WINE, FakeSmi, make_settings, model_command, wait_for
 
 
 def controller_for(state_dir: Path, models: list[dict[str, Any]] | None = None, **overrides: Any) -> Controller:
@@ -115,7 +114,9 @@ def test_foreign_process_appearing_before_load_is_refused(fake_smi: FakeSmi, tmp
         controller.load("alpha", parse_selection("1"))
     message = str(refused.value)
     assert "GPU 1" in message and "occupied by someone else" in message
-    assert f"PID {intruder.pid}" in message and "python3" in message and psutil.Process().username() in message
+    assert f"PID {intruder.pid}" in message and "python3" in message
+    if not UNDER_WINE:  # WINE_HIDES_USERS
+        assert psutil.Process().username() in message
     assert not model_pids(fake_smi, [1]) or model_pids(fake_smi, [1]) == [intruder.pid]
     assert controller.models()[0].state == "not_loaded"
 
@@ -170,7 +171,11 @@ def test_unload_forces_a_model_that_ignores_sigterm(fake_smi: FakeSmi, tmp_path:
     assert wait_for(lambda: model_pids(fake_smi))
     started = time.monotonic()
     controller.unload("stubborn")
-    assert 2.5 < time.monotonic() - started < 15  # waited unload_timeout_seconds (3 s), then killed
+    elapsed = time.monotonic() - started
+    if sys.platform == "win32":  # TerminateProcess: nothing to ignore, nothing to wait for
+        assert elapsed < 15
+    else:
+        assert 2.5 < elapsed < 15  # waited unload_timeout_seconds (3 s), then killed
     assert not model_pids(fake_smi)
     with pytest.raises(NotLoaded, match="not loaded"):
         controller.unload("stubborn")
@@ -181,12 +186,15 @@ def test_killed_model_is_failed_and_freed_within_seconds(fake_smi: FakeSmi, tmp_
     controller.load("alpha", parse_selection("1"))
     assert wait_for(lambda: model_pids(fake_smi, [1]))
     [pid] = model_pids(fake_smi, [1])
-    os.kill(pid, signal.SIGKILL)
+    psutil.Process(pid).kill()  # SIGKILL; TerminateProcess on Windows
     started = time.monotonic()
     assert wait_for(lambda: (controller.reconcile(), controller.models()[0].state)[1] == "failed", 5)
     assert time.monotonic() - started < 5
     view = controller.models()[0]
-    assert view.exit_code == -9 and "exited with code -9" in (view.error or "")
+    if KILLED_EXIT_CODE is not None:
+        assert view.exit_code == KILLED_EXIT_CODE and "exited with code -9" in (view.error or "")
+    else:
+        assert view.exit_code not in (None, 0) and f"exited with code {view.exit_code}" in (view.error or "")
     assert "fake model pid" in (view.log_tail or "")
     assert controller.status(Freshness.NOW).gpu(1).state is GpuState.IDLE  # type: ignore[union-attr]
 

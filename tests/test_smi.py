@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from gpuwarden.probe import SmiSource
 from gpuwarden.probe.smi import NvidiaSmiFailed, NvidiaSmiNotFound, find_nvidia_smi, windows_candidates
 from gpuwarden.probe.users import PsutilLookup, names_match
-from tests.conftest import FakeSmi
+from tests.conftest import UNDER_WINE, FakeSmi
 
 
 def source(timeout: float = 10.0, path: Path | None = None) -> SmiSource:
@@ -25,7 +26,7 @@ def test_normal_output_with_a_real_process_and_its_user(fake_smi: FakeSmi) -> No
                                                                               (1, 401, "GPU-fake-0001")]
     [process] = snapshot.processes
     assert (process.pid, process.gpu_index, process.used_memory_mib) == (foreign.pid, 1, 400)
-    assert process.user  # the OS knows who runs it
+    assert process.user or UNDER_WINE  # the OS knows who runs it (WINE_HIDES_USERS)
     assert fake_smi.calls == 1
 
 
@@ -65,7 +66,8 @@ def test_missing_binary(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
 
 
 def test_configured_path_wins_and_must_exist(fake_smi: FakeSmi, tmp_path: Path) -> None:
-    assert find_nvidia_smi(fake_smi.bin / "nvidia-smi") == fake_smi.bin / "nvidia-smi"
+    program = fake_smi.bin / ("nvidia-smi.cmd" if sys.platform == "win32" else "nvidia-smi")
+    assert find_nvidia_smi(program) == program
     with pytest.raises(NvidiaSmiFailed, match="does not exist"):  # a wrong path is a failure, not "no driver"
         find_nvidia_smi(tmp_path / "missing.exe")
 
