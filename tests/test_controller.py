@@ -42,11 +42,21 @@ def controller_for(state_dir: Path, models: list[dict[str, Any]] | None = None, 
 def model_pids(fake_smi: FakeSmi, gpus: list[int] | None = None) -> list[int]:
     pids = []
     for path in (fake_smi.dir / "procs").glob("*.json"):
-        info = json.loads(path.read_text(encoding="utf-8"))
-        alive = psutil.pid_exists(info["pid"]) and psutil.Process(info["pid"]).status() != psutil.STATUS_ZOMBIE
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+            alive = psutil.Process(info["pid"]).status() != psutil.STATUS_ZOMBIE
+        except (OSError, ValueError, psutil.Error):  # being written, or the process just ended
+            continue
         if alive and (gpus is None or info["gpus"] == gpus):
             pids.append(info["pid"])
     return pids
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
 
 
 @pytest.mark.parametrize(("value", "expected"), [
@@ -405,8 +415,7 @@ def test_the_model_dies_with_its_launcher_even_without_supervision(fake_smi: Fak
     assert wait_for(lambda: controller.models()[0].model_pid is not None and model_pids(fake_smi, [0]))
     view = controller.models()[0]
     psutil.Process(view.pid).kill()
-    assert wait_for(lambda: not psutil.pid_exists(view.model_pid or 0) or  # no reconcile here
-                    psutil.Process(view.model_pid or 0).status() == psutil.STATUS_ZOMBIE, 5)
+    assert wait_for(lambda: gone(view.model_pid or 0), 5)  # no reconcile here
     controller.reconcile()
 
 
