@@ -20,12 +20,11 @@ class LaunchError(Exception):
 
 @dataclass(frozen=True)
 class Launched:
-    """A model process that was started: its launcher's PID and start time, and its files."""
+    """A model process that was started: its launcher's PID and start time (its files follow from
+    the log path the caller chose)."""
 
     pid: int
     start_time: float
-    log_path: Path
-    exit_path: Path
 
 
 class ProcessHost(Protocol):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpuwarden.process.base import Launched, LaunchError
-from gpuwarden.process.exitrecord import ExitRecord, exit_path_for
+from gpuwarden.process.exitrecord import ExitRecord
 
 FAKE_START_TIME_BASE = 1_000_000.0
 
@@ -104,9 +104,7 @@ class FakeProcessHost:
         self.processes[pid] = FakeProcess(pid=pid, start_time=FAKE_START_TIME_BASE + pid, model_name=model_name,
                                           argv=tuple(argv), env=dict(env), cwd=cwd, log_path=log_path,
                                           model_pid=model_pid)
-        exit_path = exit_path_for(log_path)
-        assert exit_path is not None
-        return Launched(pid=pid, start_time=FAKE_START_TIME_BASE + pid, log_path=log_path, exit_path=exit_path)
+        return Launched(pid=pid, start_time=FAKE_START_TIME_BASE + pid)
 
     def find_launcher(self, log_path: Path) -> tuple[int, float] | None:
         for process in self.processes.values():

@@ -137,7 +137,7 @@ class LocalProcessHost:
         if start_time is None:
             child.poll()
             raise LaunchError(f"model {model_name}: its process ended at once; see {log_path}")
-        return Launched(pid=child.pid, start_time=start_time, log_path=log_path, exit_path=exit_path)
+        return Launched(pid=child.pid, start_time=start_time)
 
     def find_launcher(self, log_path: Path) -> tuple[int, float] | None:
         """The launcher's command line is ``python -m gpuwarden.process.shim <its exit record> -- ...``,
