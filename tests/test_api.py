@@ -59,11 +59,13 @@ async def test_concurrent_refreshes_share_nvidia_smi_runs(client: httpx.AsyncCli
 
 
 async def test_load_unload_and_error_codes(client: httpx.AsyncClient, fake_smi: FakeSmi) -> None:
-    loaded = await client.post("/api/models/alpha/load", json={"gpus": "0", "requested_by": "alice"})
+    claimed = await client.post("/api/models/alpha/load", json={"gpus": "0", "requested_by": "alice"})
+    assert claimed.status_code == 422 and "no longer accepted" in claimed.text  # who asks is not free text
+    loaded = await client.post("/api/models/alpha/load", json={"gpus": "0"})
     assert loaded.status_code == 200, loaded.text
     body = loaded.json()
     assert body["name"] == "alpha" and body["gpus"] == [0] and body["state"] == "starting"
-    assert body["requested_by"].startswith("alice")
+    assert body["owner"] is None  # auth = "none": an anonymous caller
     gpus = (await client.get("/api/gpus")).json()["gpu_status"]
     assert (gpus[0]["state"], gpus[0]["model_name"]) == ("model_loaded", "alpha")
 
@@ -191,7 +193,7 @@ async def test_hostile_bodies_get_4xx_never_5xx(client: httpx.AsyncClient) -> No
         response = await client.put("/api/settings", content=raw, headers=json_headers)
         assert response.status_code == 422, (raw, response.text)
         assert "NaN" not in response.text and "inf" not in response.text.lower()  # no echo of the input
-    huge = b'{"gpus": "0", "requested_by": "' + b"x" * 2_000_000 + b'"}'
+    huge = b'{"gpus": "0", "extra": "' + b"x" * 2_000_000 + b'"}'
     assert (await client.post("/api/models/alpha/load", content=huge, headers=json_headers)).status_code == 413
 
     async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted while read
@@ -234,7 +236,8 @@ def test_every_domain_error_has_its_http_status() -> None:
     from gpuwarden.web.app import http_status_for
 
     expected = {"ControllerError": 500, "UnknownModel": 404, "BadSelection": 422, "LoadRefused": 409,
-                "NotLoaded": 409, "StateUnavailable": 503, "LaunchFailed": 500, "InvalidSetting": 422}
+                "NotLoaded": 409, "StateUnavailable": 503, "LaunchFailed": 500, "InvalidSetting": 422,
+                "NotAuthenticated": 401, "NotPermitted": 403, "TooManyAttempts": 429, "AccountProblem": 422}
     kinds = {name: kind for name, kind in vars(errors).items()
              if isinstance(kind, type) and issubclass(kind, errors.ControllerError)}
     assert set(kinds) == set(expected)  # a new domain error must be given its status here

@@ -25,6 +25,7 @@ from gpuwarden.errors import (
     StateUnavailable,
     UnknownModel,
 )
+from gpuwarden.people import Actor, Channel
 from gpuwarden.probe import make_source
 from gpuwarden.probe.shared import Freshness
 from gpuwarden.process.host import LocalProcessHost
@@ -76,8 +77,8 @@ def test_bad_selections(value: object, message: str) -> None:
 
 def test_load_marks_model_loaded_and_disables_gpu_for_others(fake_smi: FakeSmi, tmp_path: Path) -> None:
     controller = controller_for(tmp_path / "state")
-    view = controller.load("alpha", parse_selection("0"), requested_by="alice")
-    assert (view.state, view.gpu_indexes, view.requested_by) == ("starting", (0,), "alice")
+    view = controller.load("alpha", parse_selection("0"), actor=Actor("alice", admin=False, channel=Channel.CLI))
+    assert (view.state, view.gpu_indexes, view.owner) == ("starting", (0,), "alice")
     assert wait_for(lambda: model_pids(fake_smi, [0]))  # the model really runs with CUDA_VISIBLE_DEVICES=0
     gpu0 = controller.status(Freshness.NOW).gpu(0)
     assert gpu0 is not None
@@ -240,7 +241,7 @@ def test_reused_pid_is_not_adopted(fake_smi: FakeSmi, tmp_path: Path) -> None:
 
             tx.insert_placement(model_name="alpha", gpu_indexes=(0,), gpu_uuids=(None,), pid=other.pid,
                                 process_start_time=psutil.Process(other.pid).create_time() - 3600, port=None,
-                                started_at=datetime.now(UTC), requested_by="x", log_path=str(tmp_path / "x.log"))
+                                started_at=datetime.now(UTC), owner="x", log_path=str(tmp_path / "x.log"))
         restarted = controller_for(tmp_path / "state")
         restarted.reconcile(at_startup=True)
         view = restarted.models()[0]

@@ -12,6 +12,7 @@ import pytest
 from gpuwarden.config import Settings
 from gpuwarden.controller import Controller
 from gpuwarden.errors import ControllerError, LoadRefused, NotLoaded
+from gpuwarden.people import Actor, Channel
 from gpuwarden.probe.mock import MockSource
 from gpuwarden.process.fake import FakeProcessHost
 from gpuwarden.records import ModelState, Selection
@@ -69,7 +70,7 @@ GPU0 = Selection.gpus(0)
 
 
 def test_load_starts_the_plan_and_grace_makes_it_running(rig: Rig) -> None:
-    view = rig.controller.load("alpha", GPU0, requested_by="alice")
+    view = rig.controller.load("alpha", GPU0, actor=Actor("alice", admin=False, channel=Channel.CLI))
     process = rig.host.process("alpha")
     assert process.argv == ("server", "--port", str(view.port))
     assert process.env["CUDA_VISIBLE_DEVICES"] == "0" and process.env["GPUWARDEN_MODEL"] == "alpha"

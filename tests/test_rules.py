@@ -64,7 +64,7 @@ def test_gpu_selection_in_cpu_mode_is_refused_but_cpu_is_fine() -> None:
 
 def test_a_model_is_loaded_once() -> None:
     record = PlacementRecord(id=1, model_name="m", gpu_indexes=(1, 2), gpu_uuids=(None, None), pid=5,
-                             process_start_time=1.0, port=None, started_at=NOW, requested_by=None,
+                             process_start_time=1.0, port=None, started_at=NOW, owner=None,
                              state=ModelState.RUNNING)
     refuse_if_already_loaded("other", [record])
     with pytest.raises(LoadRefused, match=r"model m is already loaded \(running, on GPU 1, 2\); unload it first"):

@@ -20,6 +20,8 @@ from typing import Any, Literal, TypeGuard
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from gpuwarden.people import AuthMode
+
 ENV_PREFIX = "GPUWARDEN_"
 # The settings users may change at run time (dashboard, PUT /api/settings), with their bounds.
 RUNTIME_SETTING_RANGES: dict[str, tuple[int, int]] = {
@@ -143,6 +145,17 @@ class Settings(BaseSettings):
         default=10.0, gt=0, le=600, description="Graceful stop time before a model's processes are killed.")
     host: str = Field(default="127.0.0.1", description="Address `gpuwarden serve` listens on.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port `gpuwarden serve` listens on.")
+    auth: AuthMode = Field(
+        default=AuthMode.NONE, description="'none': no accounts, every local account can act on every model "
+        "(allowed only when the server listens on loopback); 'password': accounts with passwords, sessions and "
+        "API tokens (`gpuwarden users add`), only a model's owner or an admin unloads it.")
+    allowed_hosts: tuple[str, ...] = Field(
+        default=(), description="Extra host names the server answers to (the names people use on the LAN, e.g. "
+        "['gpu-box', 'gpu-box.lab.example']); the bound address and, on loopback, 'localhost' are always allowed.")
+    session_lifetime_hours: float = Field(
+        default=168.0, gt=0, le=8760, description="How long a dashboard login lasts.")
+    audit_retention_days: int = Field(
+        default=365, ge=1, le=36500, description="Audit entries older than this are deleted.")
     models: tuple[ModelConfig, ...] = Field(default=(), description="The models users can load ([[models]]).")
     _notes: tuple[str, ...] = PrivateAttr(default=())
 
@@ -151,6 +164,21 @@ class Settings(BaseSettings):
     def _absolute_state_dir(cls, value: Path) -> Path:
         """Absolute, so model logs and launcher records are found from any working directory."""
         return value.expanduser().absolute()
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _host_list(cls, value: object) -> object:
+        if isinstance(value, str):  # GPUWARDEN_ALLOWED_HOSTS=gpu-box,gpu-box.lab
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for host in value:
+            if not re.match(r"^[A-Za-z0-9.:_\-\[\]]{1,253}$", host) or host == "*":
+                raise ValueError(f"{host[:60]!r} is not a host name or address (no wildcards, no ports)")
+        return tuple(host.strip("[]").lower().rstrip(".") for host in value)
 
     @field_validator("mock_smi_text", "mock_smi_columns")
     @classmethod

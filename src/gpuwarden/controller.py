@@ -10,7 +10,6 @@ store and the process host, each handed in.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import os
 import sys
 import threading
@@ -28,16 +27,20 @@ from gpuwarden.errors import (
     LaunchFailed,
     LoadRefused,
     NotLoaded,
+    NotPermitted,
     StateUnavailable,
     UnknownModel,
 )
 from gpuwarden.launch import LaunchPlan, needs_port, plan_launch
+from gpuwarden.people import Actor, AuditAction, AuditEntry, AuditResult, may_administer, may_unload
 from gpuwarden.probe.base import GpuSource, utc_now
 from gpuwarden.probe.shared import FAILURE_GAP_SECONDS, Freshness, SharedSource
 from gpuwarden.process import Launched, LaunchError, ProcessHost
 from gpuwarden.records import ModelState, ModelView, PlacementRecord, PlacementView, Selection, Snapshot
-from gpuwarden.store import Store, StoreError
+from gpuwarden.store import STATE_DATABASE, Store, StoreError
 from gpuwarden.supervision import Supervision
+
+SYSTEM = Actor.system()  # gpuwarden acting on its own (stop_models_on_exit), and tests
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,8 @@ class Reservation:
     placement_id: int
     plan: LaunchPlan
     log_path: Path
+    actor: Actor
+    gpu_indexes: tuple[int, ...]
 
 
 class Controller:
@@ -91,21 +96,35 @@ class Controller:
                 return
             self._runtime = RuntimeSettings.from_settings(self.settings).updated(saved)
 
-    def update_settings(self, values: Mapping[str, object]) -> RuntimeSettings:
-        """Change the threshold / interval now and persist them in the state database."""
+    def update_settings(self, values: Mapping[str, object], actor: Actor = SYSTEM) -> RuntimeSettings:
+        """Change the threshold / interval now and persist them in the state database (admins only,
+        where there are accounts: the threshold decides whose GPU counts as busy)."""
+        if not may_administer(actor, self.settings.auth):
+            self.audit(AuditEntry.by(actor, AuditAction.SETTINGS, AuditResult.REFUSED, detail="admins only"))
+            raise NotPermitted("only an admin can change settings")
         problems = RuntimeSettings.invalid(values)
         if problems:
             raise InvalidSetting("; ".join(problems))
         with self._runtime_lock:
+            before = self._runtime.to_dict()
             updated = self._runtime.updated(values)
+            changes = ", ".join(f"{key} {before[key]} -> {value}" for key, value in updated.to_dict().items()
+                                if before[key] != value) or "no change"
             try:
                 with self.store.exclusive() as tx:
                     tx.save_settings(values)
+                    tx.add_audit(AuditEntry.by(actor, AuditAction.SETTINGS, AuditResult.OK, detail=changes),
+                                 at=self.clock())
             except StoreError as error:
                 raise StateUnavailable(str(error)) from None
             self._runtime = updated
         self._changed()
         return updated
+
+    def audit(self, entry: AuditEntry) -> None:
+        """Record what was refused or failed (its action wrote nothing); never fails the caller."""
+        with contextlib.suppress(StoreError), self.store.exclusive() as tx:
+            tx.add_audit(entry, at=self.clock())
 
     # ----------------------------------------------------------------- status
 
@@ -165,19 +184,25 @@ class Controller:
 
     # ----------------------------------------------------------------- load / unload
 
-    def load(self, name: str, selection: Selection | None = None, requested_by: str | None = None) -> ModelView:
+    def load(self, name: str, selection: Selection | None = None, *, actor: Actor = SYSTEM) -> ModelView:
         """Reserve first, launch second: under the machine-wide lock a new probe, the default GPUs
         if none were selected, refusal of unsafe GPUs, and a committed reservation of the GPUs; then
         the launch, and the process recorded. A launched model is never left running unrecorded:
-        whatever fails after the launch stops it again."""
-        spec = self.model_spec(name)
-        self.reconcile()
-        reservation = self._reserve(spec, selection, requested_by)
-        self._launch(reservation)
+        whatever fails after the launch stops it again. The model belongs to ``actor``; refusals and
+        failures are audited like the load itself."""
+        try:
+            spec = self.model_spec(name)
+            self.reconcile()
+            reservation = self._reserve(spec, selection, actor)
+            self._launch(reservation)
+        except ControllerError as error:
+            self.audit(AuditEntry.by(actor, AuditAction.LOAD, audit_result(error), model=name[:64],
+                                     gpus=selection.gpu_indexes if selection else None, detail=str(error)))
+            raise
         self._changed()
         return next(view for view in self.models() if view.name == name)
 
-    def _reserve(self, spec: ModelConfig, selection: Selection | None, requested_by: str | None) -> Reservation:
+    def _reserve(self, spec: ModelConfig, selection: Selection | None, actor: Actor) -> Reservation:
         self._refuse_while_unreadable(spec, selection)
         with self._load_lock:
             try:
@@ -194,11 +219,11 @@ class Controller:
                     log_path = self.processes.new_log_path(spec.name)
                     placement_id = tx.insert_placement(
                         model_name=spec.name, gpu_indexes=chosen.gpu_indexes, gpu_uuids=uuids, pid=None,
-                        process_start_time=None, port=port, started_at=self.clock(), requested_by=requested_by,
+                        process_start_time=None, port=port, started_at=self.clock(), owner=actor.name,
                         log_path=str(log_path))
             except StoreError as error:
                 raise StateUnavailable(f"cannot load {spec.name}: {error}") from None
-        return Reservation(placement_id, plan, log_path)
+        return Reservation(placement_id, plan, log_path, actor, chosen.gpu_indexes)
 
     def _refuse_while_unreadable(self, spec: ModelConfig, selection: Selection | None) -> None:
         """A GPU load while the latest reading failed moments ago is refused at once, without
@@ -225,6 +250,10 @@ class Controller:
             with self.store.exclusive() as tx:
                 attached = tx.attach_process(reservation.placement_id, pid=launched.pid,
                                              process_start_time=launched.start_time)
+                if attached:
+                    tx.add_audit(AuditEntry.by(reservation.actor, AuditAction.LOAD, AuditResult.OK,
+                                               model=plan.model_name, gpus=reservation.gpu_indexes,
+                                               detail=f"launcher PID {launched.pid}"), at=self.clock())
         except StoreError as error:
             self._stop_launched(launched, reservation, f"its process could not be recorded: {error}")
             raise StateUnavailable(f"cannot load {plan.model_name}: {error}; it was stopped again") from None
@@ -246,19 +275,16 @@ class Controller:
                 tx.finish_placement(reservation.placement_id, state=ModelState.FAILED, ended_at=self.clock(),
                                     exit_code=None, error=error, log_tail=None)
 
-    def unload(self, name: str) -> ModelView:
-        """Stop the model's whole process tree (graceful, then forced) and free its GPUs. A model
-        removed from the configuration while it ran can still be unloaded."""
+    def unload(self, name: str, *, actor: Actor = SYSTEM) -> ModelView:
+        """Stop the model's whole process tree (graceful, then forced) and free its GPUs. Only its
+        owner or an admin may, where there are accounts. A model removed from the configuration
+        while it ran can still be unloaded."""
         try:
-            with self.store.exclusive() as tx:
-                mine = [p for p in tx.active_placements() if p.model_name == name]
-                if not mine:
-                    self.model_spec(name)
-                    raise NotLoaded(f"model {name} is not loaded")
-                for record in mine:
-                    tx.set_state(record.id, ModelState.STOPPING)
-        except StoreError as error:
-            raise StateUnavailable(f"cannot unload {name}: {error}") from None
+            mine = self._begin_unload(name, actor)
+        except ControllerError as error:
+            self.audit(AuditEntry.by(actor, AuditAction.UNLOAD, audit_result(error), model=name[:64],
+                                     detail=str(error)))
+            raise
         self._changed()
         for record in mine:
             self._stop_placement(record)
@@ -269,11 +295,33 @@ class Controller:
                     tx.finish_placement(record.id, state=ModelState.STOPPED, ended_at=self.clock(),
                                         exit_code=exit_record.exit_code if exit_record else None, error=None,
                                         log_tail=self.processes.log_tail(record.log_file))
+                    tx.add_audit(AuditEntry.by(actor, AuditAction.UNLOAD, AuditResult.OK, model=name,
+                                               gpus=record.gpu_indexes, detail=f"owner {record.owner or '-'}"),
+                                 at=self.clock())
         except StoreError as error:
             raise StateUnavailable(f"model {name} was stopped but its state could not be saved: {error}") from None
         self.snapshot(Freshness.NOW)
         self._changed()
         return next((view for view in self.models() if view.name == name), rules.unconfigured_view(mine[-1]))
+
+    def _begin_unload(self, name: str, actor: Actor) -> list[PlacementRecord]:
+        """Mark the model's placements ``stopping``, if ``actor`` may stop them."""
+        try:
+            with self.store.exclusive() as tx:
+                mine = [p for p in tx.active_placements() if p.model_name == name]
+                if not mine:
+                    self.model_spec(name)
+                    raise NotLoaded(f"model {name} is not loaded")
+                for record in mine:
+                    if not may_unload(actor, record.owner, self.settings.auth):
+                        owner = record.owner or "an unknown user (before accounts existed)"
+                        raise NotPermitted(f"model {name} was loaded by {owner}: only its owner or an admin"
+                                           " can unload it")
+                for record in mine:
+                    tx.set_state(record.id, ModelState.STOPPING)
+        except StoreError as error:
+            raise StateUnavailable(f"cannot unload {name}: {error}") from None
+        return mine
 
     def _stop_placement(self, record: PlacementRecord) -> None:
         """Stop all of a placement: its launcher's tree, and what outlived the launcher. A placement
@@ -325,11 +373,9 @@ class Controller:
             self._changed()
         return changed
 
-def current_user() -> str | None:
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError, ImportError):
-        return None
+def audit_result(error: ControllerError) -> AuditResult:
+    """Refused (not allowed, not safe, not understood: nothing was tried) or failed (tried)."""
+    return AuditResult.FAILED if isinstance(error, (LaunchFailed, StateUnavailable)) else AuditResult.REFUSED
 
 
 def build_controller(settings: Settings, source: GpuSource | None = None) -> Controller:
@@ -340,6 +386,6 @@ def build_controller(settings: Settings, source: GpuSource | None = None) -> Con
     return Controller(
         settings=settings,
         source=source or make_source(settings),
-        store=Store(settings.state_dir / "gpuwarden.db"),
+        store=Store(settings.state_dir / STATE_DATABASE),
         processes=LocalProcessHost(settings.state_dir / "logs"),
     )

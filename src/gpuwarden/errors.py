@@ -36,3 +36,23 @@ class InvalidSetting(ControllerError):
 
 class LaunchFailed(ControllerError):
     """The model's command could not be started; nothing was left running."""
+
+
+class NotPermitted(ControllerError):
+    """The caller may not do this (another person's model, an admin-only change); nothing was done."""
+
+
+class NotAuthenticated(ControllerError):
+    """No valid login, session or API token."""
+
+
+class TooManyAttempts(ControllerError):
+    """Too many failed logins: wait ``retry_after_seconds``."""
+
+    def __init__(self, message: str, retry_after_seconds: float = 60.0) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class AccountProblem(ControllerError):
+    """An account change cannot be made (no such user, a name taken, a weak password)."""

@@ -239,7 +239,7 @@ class ModelView:
     port: int | None
     started_at: datetime | None
     ended_at: datetime | None
-    requested_by: str | None
+    owner: str | None
     exit_code: int | None
     error: str | None
     log_tail: str | None
@@ -267,7 +267,7 @@ class ModelView:
             "model_pid": self.model_pid, "port": self.port,
             "started_at": self.started_at.isoformat() if self.started_at else None,
             "ended_at": self.ended_at.isoformat() if self.ended_at else None,
-            "requested_by": self.requested_by, "exit_code": self.exit_code, "error": self.error,
+            "owner": self.owner, "exit_code": self.exit_code, "error": self.error,
             "log_tail": self.log_tail, "log_path": self.log_path,
             "uptime_seconds": round(self.uptime_seconds, 1) if self.uptime_seconds is not None else None,
         }
@@ -285,7 +285,7 @@ class PlacementRecord:
     process_start_time: float | None
     port: int | None
     started_at: datetime
-    requested_by: str | None
+    owner: str | None
     state: ModelState
     ended_at: datetime | None = None
     exit_code: int | None = None

@@ -121,7 +121,7 @@ def model_view(spec: ModelConfig, record: PlacementRecord | None, now: datetime,
     return ModelView(
         name=spec.name, description=spec.description, default_gpus=spec.default_gpus, state=record.state,
         gpu_indexes=record.gpu_indexes, pid=record.pid, port=record.port, started_at=record.started_at,
-        ended_at=record.ended_at, requested_by=record.requested_by, exit_code=record.exit_code,
+        ended_at=record.ended_at, owner=record.owner, exit_code=record.exit_code,
         error=record.error, log_tail=record.log_tail if not record.active else None, log_path=record.log_path,
         uptime_seconds=(now - record.started_at).total_seconds() if record.active else None,
         model_pid=model_pid)
@@ -130,5 +130,5 @@ def model_view(spec: ModelConfig, record: PlacementRecord | None, now: datetime,
 def unconfigured_view(record: PlacementRecord) -> ModelView:
     """A model removed from the configuration while it ran, just unloaded."""
     return ModelView(record.model_name, "(no longer configured)", 0, ModelState.STOPPED, record.gpu_indexes,
-                     record.pid, record.port, record.started_at, None, record.requested_by, None, None, None,
+                     record.pid, record.port, record.started_at, None, record.owner, None, None, None,
                      record.log_path, None)

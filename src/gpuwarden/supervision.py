@@ -13,6 +13,7 @@ from datetime import datetime
 from gpuwarden import rules
 from gpuwarden.config import ModelConfig, Settings
 from gpuwarden.launch import health_url
+from gpuwarden.people import Actor, AuditAction, AuditEntry, AuditResult
 from gpuwarden.process import ProcessHost
 from gpuwarden.records import ModelState, PlacementRecord
 from gpuwarden.store import Store
@@ -116,6 +117,7 @@ class Supervision:
             for record, (state, code, error) in seen.outcomes:
                 tx.finish_if_unchanged(record.id, record.pid, state=state, ended_at=now, exit_code=code,
                                        error=error, log_tail=self.processes.log_tail(record.log_file))
+                tx.add_audit(ending_entry(record, state, code, error), at=now)
             return tx.generation()
 
     def _healthy(self, spec: ModelConfig, record: PlacementRecord, elapsed_seconds: float) -> bool:
@@ -123,3 +125,18 @@ class Supervision:
         if url is not None:
             return self.processes.healthy(url)
         return elapsed_seconds >= spec.startup_grace_seconds
+
+
+def ending_entry(record: PlacementRecord, state: ModelState, exit_code: int | None, error: str | None) -> AuditEntry:
+    """The audit entry for a model that supervision saw end: a crash, a failed start, or the end of
+    an unload that was cut off."""
+    system = Actor.system()
+    detail = "; ".join(part for part in (error, f"owner {record.owner or '-'}",
+                                         None if exit_code is None else f"exit code {exit_code}") if part)
+    if record.state is ModelState.STOPPING:
+        action, result = AuditAction.UNLOAD, AuditResult.OK
+    elif record.state is ModelState.STARTING and state is ModelState.FAILED:
+        action, result = AuditAction.FAILURE, AuditResult.FAILED
+    else:
+        action, result = AuditAction.CRASH, AuditResult.OK if exit_code == 0 else AuditResult.FAILED
+    return AuditEntry.by(system, action, result, model=record.model_name, gpus=record.gpu_indexes, detail=detail)

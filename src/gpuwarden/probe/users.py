@@ -85,3 +85,12 @@ def snapshot_with_users(snapshot: Snapshot, lookup: ProcessLookup) -> Snapshot:
         processes=with_users(snapshot.processes, lookup),
         unassigned_processes=with_users(snapshot.unassigned_processes, lookup),
     )
+
+
+def os_account() -> str | None:
+    """The OS account this process runs as, asked of the OS (the process token on Windows, the real
+    uid on POSIX), never of environment variables such as USER that anyone can set."""
+    try:
+        return psutil.Process().username() or None
+    except (psutil.Error, OSError, KeyError):
+        return None

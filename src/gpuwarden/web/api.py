@@ -5,14 +5,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
+from gpuwarden.accounts import Accounts
 from gpuwarden.config import RUNTIME_SETTING_RANGES
 from gpuwarden.controller import Controller
+from gpuwarden.errors import BadSelection
+from gpuwarden.people import Actor, AuditAction, AuditEntry, AuditResult, may_administer
 from gpuwarden.probe.shared import Freshness
-from gpuwarden.records import parse_selection
+from gpuwarden.records import Selection, parse_selection
+from gpuwarden.web.auth import ActorDep
 from gpuwarden.web.probing import probe_waiter
 
 router = APIRouter(prefix="/api", tags=["api"])
@@ -23,7 +27,13 @@ def get_controller(request: Request) -> Controller:
     return controller
 
 
+def get_accounts(request: Request) -> Accounts:
+    accounts: Accounts = request.app.state.accounts
+    return accounts
+
+
 ControllerDep = Annotated[Controller, Depends(get_controller)]
+AccountsDep = Annotated[Accounts, Depends(get_accounts)]
 
 
 class LoadRequest(BaseModel):
@@ -32,7 +42,14 @@ class LoadRequest(BaseModel):
     # Elements are checked by parse_selection, so a bad one (true, 1.5) gets the same sentence as "x".
     gpus: StrictStr | list[Any] | None = Field(
         default=None, description="'1', '0,1', [0, 1] or 'cpu'; default: the model's default number of idle GPUs.")
-    requested_by: str | None = Field(default=None, max_length=100, description="Who asks (shown to others).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_free_text_owner(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "requested_by" in data:
+            raise ValueError("requested_by is no longer accepted: a model belongs to whoever loads it (the signed-in"
+                             " user, or the API token's user)")
+        return data
 
 
 class SettingsUpdate(BaseModel):
@@ -45,9 +62,13 @@ class SettingsUpdate(BaseModel):
                                                  le=RUNTIME_SETTING_RANGES["refresh_interval_seconds"][1])
 
 
-def requester(request: Request, given: str | None) -> str:
-    client = request.client.host if request.client else "unknown"
-    return f"{given.strip()} ({client})" if given and given.strip() else client
+def selection_for(controller: Controller, name: str, raw: object, actor: Actor) -> Selection | None:
+    """A request's GPU selection, parsed; one that cannot be understood is refused and audited."""
+    try:
+        return parse_selection(raw) if raw is not None else None
+    except BadSelection as error:
+        controller.audit(AuditEntry.by(actor, AuditAction.LOAD, AuditResult.REFUSED, model=name, detail=str(error)))
+        raise
 
 
 @router.get("/gpus", summary="The GPU status document")
@@ -67,17 +88,16 @@ def models(controller: ControllerDep) -> list[dict[str, Any]]:
 @router.post("/models/{name}/load", summary="Load a model onto idle GPUs",
              responses={404: {"description": "unknown model"}, 409: {"description": "refused: GPU busy"},
                         422: {"description": "bad selection"}})
-def load(name: str, body: LoadRequest, request: Request, controller: ControllerDep) -> dict[str, Any]:
+def load(name: str, body: LoadRequest, controller: ControllerDep, actor: ActorDep) -> dict[str, Any]:
     controller.model_spec(name)  # an unknown model is a 404, whatever the selection
-    selection = parse_selection(body.gpus) if body.gpus is not None else None
-    view = controller.load(name, selection, requested_by=requester(request, body.requested_by))
-    return view.to_dict()
+    return controller.load(name, selection_for(controller, name, body.gpus, actor), actor=actor).to_dict()
 
 
 @router.post("/models/{name}/unload", summary="Unload a model and free its GPUs",
-             responses={404: {"description": "unknown model"}, 409: {"description": "not loaded"}})
-def unload(name: str, controller: ControllerDep) -> dict[str, Any]:
-    return controller.unload(name).to_dict()
+             responses={403: {"description": "another person's model"}, 404: {"description": "unknown model"},
+                        409: {"description": "not loaded"}})
+def unload(name: str, controller: ControllerDep, actor: ActorDep) -> dict[str, Any]:
+    return controller.unload(name, actor=actor).to_dict()
 
 
 @router.get("/settings", summary="Runtime settings")
@@ -85,7 +105,22 @@ def get_settings(controller: ControllerDep) -> dict[str, int]:
     return controller.runtime.to_dict()
 
 
-@router.put("/settings", summary="Change and persist the threshold and refresh interval")
-def put_settings(body: SettingsUpdate, controller: ControllerDep) -> dict[str, int]:
+@router.put("/settings", summary="Change and persist the threshold and refresh interval (admins)",
+            responses={403: {"description": "not an admin"}})
+def put_settings(body: SettingsUpdate, controller: ControllerDep, actor: ActorDep) -> dict[str, int]:
     values = {key: value for key, value in body.model_dump().items() if value is not None}
-    return controller.update_settings(values).to_dict()
+    return controller.update_settings(values, actor=actor).to_dict()
+
+
+@router.get("/audit", summary="The audit trail, newest first")
+def audit(accounts: AccountsDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
+    """Every load, unload, refusal, crash, failure, settings change, login, failed login and account
+    change: time, user, client address, action, model, GPUs, result and detail."""
+    return [entry.to_dict() for entry in accounts.recent(limit)]
+
+
+@router.get("/me", summary="Who the caller is, and what they may do")
+def me(controller: ControllerDep, actor: ActorDep) -> dict[str, Any]:
+    mode = controller.settings.auth
+    return {"user": actor.name, "admin": actor.admin, "auth": mode.value,
+            "may_change_settings": may_administer(actor, mode)}

@@ -16,29 +16,42 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import Scope
 
 from gpuwarden import __version__
+from gpuwarden.accounts import Accounts, build_accounts
+from gpuwarden.config import ConfigError
 from gpuwarden.controller import Controller
 from gpuwarden.errors import (
+    AccountProblem,
     BadSelection,
     ControllerError,
     InvalidSetting,
     LaunchFailed,
     LoadRefused,
+    NotAuthenticated,
     NotLoaded,
+    NotPermitted,
     StateUnavailable,
+    TooManyAttempts,
     UnknownModel,
 )
+from gpuwarden.people import AuditAction, AuditEntry, AuditResult, AuthMode
 from gpuwarden.probe.shared import Freshness
-from gpuwarden.web import api, limits, pages
+from gpuwarden.web import api, limits, login, pages
+from gpuwarden.web.auth import SECRET_FILE, Authenticator, CookieSigner, client_address, load_secret
+from gpuwarden.web.guard import RequestGuard, allowed_host_names, is_loopback, this_machine_names
 from gpuwarden.web.probing import ProbeWaiter
 
 MONITOR_INTERVAL_SECONDS = 1.0
-LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+AUDIT_PRUNE_INTERVAL_SECONDS = 3600.0
 # Domain errors carry no HTTP codes; this is where they get them (most specific class first).
 HTTP_STATUS_FOR_ERROR: tuple[tuple[type[ControllerError], int], ...] = (
     (UnknownModel, 404),
+    (NotAuthenticated, 401),
+    (NotPermitted, 403),
+    (TooManyAttempts, 429),
+    (AccountProblem, 422),
     (BadSelection, 422),
     (LoadRefused, 409),
     (NotLoaded, 409),
@@ -55,8 +68,11 @@ def http_status_for(error: ControllerError) -> int:
 class Monitor:
     """Background supervision for the server process."""
 
-    def __init__(self, controller: Controller, interval_seconds: float = MONITOR_INTERVAL_SECONDS) -> None:
+    def __init__(self, controller: Controller, accounts: Accounts | None = None,
+                 interval_seconds: float = MONITOR_INTERVAL_SECONDS) -> None:
         self.controller = controller
+        self.accounts = accounts
+        self._last_prune = float("-inf")
         self.interval_seconds = interval_seconds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="gpuwarden-monitor", daemon=True)
@@ -79,14 +95,22 @@ class Monitor:
                 if time.monotonic() - self._last_refresh >= self.controller.runtime.refresh_interval_seconds:
                     self._last_refresh = time.monotonic()
                     self.controller.snapshot(Freshness.NOW)
+                if self.accounts is not None and time.monotonic() - self._last_prune >= AUDIT_PRUNE_INTERVAL_SECONDS:
+                    self._last_prune = time.monotonic()
+                    self.accounts.prune()
             except Exception as error:  # noqa: BLE001 - the monitor must outlive any one failure
                 print(f"gpuwarden: monitor: {error!r}", flush=True)
 
 
 def create_app(controller: Controller, *, monitor: bool = True) -> FastAPI:
+    settings = controller.settings
+    if settings.auth is AuthMode.NONE and not is_loopback(settings.host):
+        raise ConfigError(exposure_refusal(settings.host))
+    accounts = build_accounts(settings, controller.store, controller.clock)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        watcher = Monitor(controller) if monitor else None
+        watcher = Monitor(controller, accounts) if monitor else None
         if watcher is not None:
             watcher.start()
         try:
@@ -94,7 +118,7 @@ def create_app(controller: Controller, *, monitor: bool = True) -> FastAPI:
         finally:
             if watcher is not None:
                 watcher.stop()
-            if controller.settings.stop_models_on_exit:
+            if settings.stop_models_on_exit:
                 controller.stop_all()
 
     app = FastAPI(
@@ -104,19 +128,34 @@ def create_app(controller: Controller, *, monitor: bool = True) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.controller = controller
+    app.state.accounts = accounts
     app.state.probe_waiter = ProbeWaiter(controller)
+    app.state.signer = signer = CookieSigner(load_secret(settings.state_dir / SECRET_FILE))
 
     @app.exception_handler(ControllerError)
     async def controller_error(request: Request, error: ControllerError) -> JSONResponse:
         return JSONResponse(status_code=http_status_for(error), content={"detail": str(error)})
 
-    if controller.settings.host in LOOPBACK_NAMES:
-        # Served on loopback only: refuse other Host names, so a web page that rebinds its own DNS
-        # name to 127.0.0.1 cannot drive gpuwarden from the user's browser.
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_NAMES))
+    def audit_cross_site(scope: Scope, reason: str) -> None:
+        accounts.record_denial(AuditEntry(AuditAction.DENIED, AuditResult.REFUSED, client=client_address(scope),
+                                          detail=f"{reason}: {scope.get('method')} {str(scope.get('path'))[:200]}"))
+
     app.add_exception_handler(RequestValidationError, limits.validation_error)
+    # Outermost first: the Host and cross-site checks, then who is asking, then the body's size.
     app.add_middleware(limits.BodyLimit)
+    app.add_middleware(Authenticator, accounts=accounts, signer=signer)
+    interfaces = this_machine_names() if settings.host in ("0.0.0.0", "::") else ()  # noqa: S104
+    app.add_middleware(RequestGuard, allowed_hosts=allowed_host_names(settings.host, settings.allowed_hosts,
+                                                                      interfaces=interfaces),
+                       on_cross_site=audit_cross_site)
     app.include_router(api.router)
+    app.include_router(login.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     return app
+
+
+def exposure_refusal(host: str) -> str:
+    return (f"refusing to listen on {host} with auth = \"none\": anyone who can reach it could load and unload "
+            "models. Add an admin (gpuwarden users add NAME --admin) and set auth = \"password\" in the config "
+            "file (or GPUWARDEN_AUTH=password), or listen on 127.0.0.1 only.")

@@ -10,34 +10,32 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, Response, StreamingResponse
-from fastapi.templating import Jinja2Templates
 
-from gpuwarden import present
+from gpuwarden import people
+from gpuwarden.accounts import Accounts
 from gpuwarden.classify import StatusDocument
 from gpuwarden.config import RUNTIME_SETTING_RANGES
 from gpuwarden.controller import Controller
 from gpuwarden.errors import ControllerError, StateUnavailable
+from gpuwarden.people import Actor
 from gpuwarden.probe.shared import Freshness
-from gpuwarden.records import ModelState, ModelView, Selection, parse_selection
-from gpuwarden.web import views
-from gpuwarden.web.api import get_controller, requester
+from gpuwarden.records import ModelState, ModelView
+from gpuwarden.web.api import get_accounts, get_controller, selection_for
 from gpuwarden.web.assets import AssetMissing, vendor_file
+from gpuwarden.web.auth import ActorDep
 from gpuwarden.web.probing import probe_waiter
+from gpuwarden.web.templating import templates
 
 router = APIRouter(include_in_schema=False)
-templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
-templates.env.globals.update(
-    interval_label=present.interval_label, duration_label=present.duration_label,
-    gpu_state_label=present.gpu_state_label, model_state_label=present.model_state_label,
-    buttons_for=views.buttons_for)
 
 ControllerDep = Annotated[Controller, Depends(get_controller)]
+AccountsDep = Annotated[Accounts, Depends(get_accounts)]
+RECENT_ACTIVITY_ROWS = 12
 SSE_POLL_SECONDS = 0.25
 SHARED_POLL_SECONDS = 5.0  # dashboards whose periodic polls fall this close together share one probe
 SSE_KEEPALIVE_SECONDS = 15.0
@@ -48,17 +46,26 @@ def require_htmx(request: Request) -> None:
         raise HTTPException(status_code=400, detail="dashboard actions are HTMX requests (HX-Request header)")
 
 
-def content_context(controller: Controller, status: StatusDocument | None = None, *,
-                    flash: dict[str, str] | None = None, settings_flash: str | None = None) -> dict[str, Any]:
-    """What the page and its fragments show: ``status`` (default: from the latest reading) and the models."""
+def content_context(controller: Controller, accounts: Accounts, actor: Actor, status: StatusDocument | None = None,
+                    *, flash: dict[str, str] | None = None, settings_flash: str | None = None) -> dict[str, Any]:
+    """What the page and its fragments show to ``actor``: ``status`` (default: from the latest
+    reading), the models with what the viewer may do to them, and the recent activity."""
     status = status or controller.status()
     models: list[ModelView] = []
+    activity: list[people.AuditEntry] = []
     state_error = None
     try:
         models = controller.models()
+        activity = accounts.recent(RECENT_ACTIVITY_ROWS)
     except StateUnavailable as error:
         state_error = str(error)
+    mode = controller.settings.auth
     return {
+        "actor": actor,
+        "accounts_on": mode is people.AuthMode.PASSWORD,
+        "may_stop": lambda model: people.may_unload(actor, model.owner, mode),
+        "may_configure": people.may_administer(actor, mode),
+        "activity": activity,
         "status": status,
         "models": models,
         "state_error": state_error,
@@ -76,53 +83,58 @@ def render(request: Request, template: str, context: dict[str, Any]) -> HTMLResp
     return templates.TemplateResponse(request, template, context)
 
 
-def form_selection(gpus: list[str] | None) -> Selection | None:
+def form_selection(gpus: list[str] | None) -> str | list[str] | None:
     """The form's ``gpus``: checkboxes give one value per GPU; a single value may also be "0,1" or "cpu"."""
     if not gpus:
         return None
-    return parse_selection(gpus[0] if len(gpus) == 1 else gpus)
+    return gpus[0] if len(gpus) == 1 else gpus
 
 
-async def awaited_context(request: Request, controller: Controller, freshness: Freshness) -> dict[str, Any]:
+async def awaited_context(request: Request, controller: Controller, accounts: Accounts, actor: Actor,
+                          freshness: Freshness) -> dict[str, Any]:
     """The content context, having awaited a reading as fresh as ``freshness`` without a worker thread."""
     snapshot = await probe_waiter(request).snapshot(freshness)
-    return await run_in_threadpool(lambda: content_context(controller, controller.status_of(snapshot)))
+    return await run_in_threadpool(lambda: content_context(controller, accounts, actor, controller.status_of(snapshot)))
 
 
 @router.get("/", response_class=HTMLResponse)
 @router.get("/dashboard", response_class=HTMLResponse)
-async def dashboard(request: Request, controller: ControllerDep) -> HTMLResponse:
-    return render(request, "dashboard.html", await awaited_context(request, controller, Freshness.CACHED))
+async def dashboard(request: Request, controller: ControllerDep, accounts: AccountsDep,
+                    actor: ActorDep) -> HTMLResponse:
+    return render(request, "dashboard.html", await awaited_context(request, controller, accounts, actor,
+                                                                   Freshness.CACHED))
 
 
 @router.get("/dashboard/refresh", response_class=HTMLResponse)
-async def refresh(request: Request, controller: ControllerDep, probe: bool = True, now: bool = False) -> HTMLResponse:
+async def refresh(request: Request, controller: ControllerDep, accounts: AccountsDep, actor: ActorDep,
+                  probe: bool = True, now: bool = False) -> HTMLResponse:
     """The dashboard content. The periodic poll probes unless another dashboard just did;
     ``now=true`` (the Refresh button) always probes; ``probe=false`` re-renders (after a push)."""
     freshness = Freshness.CACHED if not probe else Freshness.NOW if now else Freshness.within(SHARED_POLL_SECONDS)
-    return render(request, "_content.html", await awaited_context(request, controller, freshness))
+    return render(request, "_content.html", await awaited_context(request, controller, accounts, actor, freshness))
 
 
 @router.post("/dashboard/models/{name}/load", response_class=HTMLResponse, dependencies=[Depends(require_htmx)])
-def load(request: Request, name: str, controller: ControllerDep,
+def load(request: Request, name: str, controller: ControllerDep, accounts: AccountsDep, actor: ActorDep,
          gpus: Annotated[list[str] | None, Form()] = None) -> HTMLResponse:
     flash: dict[str, str] = {}
     try:
         controller.model_spec(name)  # an unknown model is reported before a bad selection
-        controller.load(name, form_selection(gpus), requested_by=requester(request, None))
+        controller.load(name, selection_for(controller, name, form_selection(gpus), actor), actor=actor)
     except ControllerError as error:
         flash[name] = str(error)
-    return render(request, "_content.html", content_context(controller, flash=flash))
+    return render(request, "_content.html", content_context(controller, accounts, actor, flash=flash))
 
 
 @router.post("/dashboard/models/{name}/unload", response_class=HTMLResponse, dependencies=[Depends(require_htmx)])
-def unload(request: Request, name: str, controller: ControllerDep) -> HTMLResponse:
+def unload(request: Request, name: str, controller: ControllerDep, accounts: AccountsDep,
+           actor: ActorDep) -> HTMLResponse:
     flash: dict[str, str] = {}
     try:
-        controller.unload(name)
+        controller.unload(name, actor=actor)
     except ControllerError as error:
         flash[name] = str(error)
-    return render(request, "_content.html", content_context(controller, flash=flash))
+    return render(request, "_content.html", content_context(controller, accounts, actor, flash=flash))
 
 
 def _whole_number(raw: str) -> int | str:
@@ -132,7 +144,7 @@ def _whole_number(raw: str) -> int | str:
 
 
 @router.post("/dashboard/settings", response_class=HTMLResponse, dependencies=[Depends(require_htmx)])
-def save_settings(request: Request, controller: ControllerDep,
+def save_settings(request: Request, controller: ControllerDep, accounts: AccountsDep, actor: ActorDep,
                   memory_threshold_mib: Annotated[str, Form()] = "",
                   refresh_interval_seconds: Annotated[str, Form()] = "") -> HTMLResponse:
     entered = {key: _whole_number(raw) for key, raw in (("memory_threshold_mib", memory_threshold_mib),
@@ -141,12 +153,12 @@ def save_settings(request: Request, controller: ControllerDep,
     message = None
     if entered:
         try:
-            controller.update_settings(entered)  # checks every value against RUNTIME_SETTING_RANGES
+            controller.update_settings(entered, actor=actor)  # checks every value against RUNTIME_SETTING_RANGES
             controller.snapshot(Freshness.NOW)
             message = "saved"
         except ControllerError as error:
             message = str(error)
-    return render(request, "_content.html", content_context(controller, settings_flash=message))
+    return render(request, "_content.html", content_context(controller, accounts, actor, settings_flash=message))
 
 
 @router.get("/events")

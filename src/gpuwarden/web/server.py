@@ -1,17 +1,43 @@
-"""``gpuwarden serve``: the app under uvicorn."""
+"""``gpuwarden serve``: the app under uvicorn, after the checks that keep it from being exposed
+unprotected."""
 
 from __future__ import annotations
 
 import uvicorn
 
-from gpuwarden.config import Settings
+from gpuwarden.accounts import build_accounts
+from gpuwarden.config import ConfigError, Settings
 from gpuwarden.controller import build_controller
-from gpuwarden.web.app import create_app
+from gpuwarden.errors import StateUnavailable
+from gpuwarden.people import AuthMode
+from gpuwarden.web.app import create_app, exposure_refusal
+from gpuwarden.web.guard import is_loopback
+
+OPEN_ON_LOOPBACK = ("auth = \"none\": every account on this machine can load and unload every model through"
+                    " gpuwarden. For accounts: gpuwarden users add NAME --admin, then auth = \"password\".")
+
+
+def start_notes(settings: Settings) -> list[str]:
+    """What ``serve`` must say before it listens; ConfigError if it must not listen at all."""
+    if settings.auth is AuthMode.NONE:
+        if not is_loopback(settings.host):
+            raise ConfigError(exposure_refusal(settings.host))
+        return [OPEN_ON_LOOPBACK]
+    try:
+        accounts = build_accounts(settings).users()
+    except StateUnavailable as error:
+        raise ConfigError(f"cannot read the accounts: {error}") from None
+    if not any(user.admin for user in accounts):
+        raise ConfigError("auth = \"password\" but no admin account exists, so nobody could sign in and manage"
+                          " gpuwarden: add one with gpuwarden users add NAME --admin")
+    return []
 
 
 def run_server(settings: Settings) -> None:
+    for note in start_notes(settings):
+        print(f"gpuwarden: {note}", flush=True)
     controller = build_controller(settings)
     app = create_app(controller)
-    print(f"gpuwarden: dashboard on http://{settings.host}:{settings.port}/  (state: {settings.state_dir})",
-          flush=True)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    print(f"gpuwarden: dashboard on http://{host}:{settings.port}/  (state: {settings.state_dir})", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")

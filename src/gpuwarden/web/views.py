@@ -22,9 +22,17 @@ class GpuButton:
     css: str  # idle | mine | other-model | occupied | unavailable | busy-model
 
 
-def gpu_button(model: ModelView, gpu: GpuStatus) -> GpuButton:
+def not_yours(model: ModelView) -> str:
+    """Why the viewer cannot unload ``model``."""
+    owner = model.owner or "someone before accounts existed"
+    return f"{model.name} was loaded by {owner}: only its owner or an admin can unload it"
+
+
+def gpu_button(model: ModelView, gpu: GpuStatus, may_stop: bool = True) -> GpuButton:
     index = str(gpu.index)
     if gpu.state is GpuState.MODEL_LOADED and model.name in gpu.model_names and gpu.index in model.gpu_indexes:
+        if not may_stop:
+            return GpuButton(f"{BOLT} GPU {index} ({model.name})", index, "none", True, not_yours(model), "mine")
         return GpuButton(f"{BOLT} GPU {index} ({model.name})", index, "unload", False,
                          f"{model.name} runs on GPU {index} ({model.state.value}): click to unload it", "mine")
     if gpu.state is GpuState.MODEL_LOADED:
@@ -42,7 +50,9 @@ def gpu_button(model: ModelView, gpu: GpuStatus) -> GpuButton:
     return GpuButton(f"GPU {index}", index, "load", False, f"Load {model.name} on GPU {index}", "idle")
 
 
-def cpu_button(model: ModelView) -> GpuButton:
+def cpu_button(model: ModelView, may_stop: bool = True) -> GpuButton:
+    if model.on_cpu and not may_stop:
+        return GpuButton(f"{BOLT} CPU ({model.name})", "cpu", "none", True, not_yours(model), "mine")
     if model.on_cpu:
         return GpuButton(f"{BOLT} CPU ({model.name})", "cpu", "unload", False,
                          f"{model.name} runs on the CPU ({model.state.value}): click to unload it", "mine")
@@ -51,12 +61,13 @@ def cpu_button(model: ModelView) -> GpuButton:
     return GpuButton("CPU", "cpu", "load", False, f"Load {model.name} on the CPU", "idle")
 
 
-def buttons_for(model: ModelView, status: StatusDocument) -> list[GpuButton]:
+def buttons_for(model: ModelView, status: StatusDocument, may_stop: bool = True) -> list[GpuButton]:
     """One button per detected GPU (GPU 0 .. GPU N-1), or one CPU button in CPU mode. Unreadable
-    GPUs: the last known ones, disabled with the reason, and the CPU button."""
+    GPUs: the last known ones, disabled with the reason, and the CPU button. A model the viewer
+    may not stop (``may_stop`` False) shows its GPUs without the unload action."""
     if status.cpu_mode:
-        return [cpu_button(model)]
-    buttons = [gpu_button(model, gpu) for gpu in status.gpus]
+        return [cpu_button(model, may_stop)]
+    buttons = [gpu_button(model, gpu, may_stop) for gpu in status.gpus]
     if status.unreadable:
-        buttons.append(cpu_button(model))
+        buttons.append(cpu_button(model, may_stop))
     return buttons

@@ -1,67 +1,22 @@
-"""The state database: SQLite behind one gateway, one schema string, one write path.
+"""Placements (where each model runs, which process, how it ended) and the run-time settings.
 
-Every read and write goes through a :class:`StoreTx`. :meth:`Store.exclusive` opens a
-``BEGIN IMMEDIATE`` transaction: SQLite lets one such writer at a time across every process on the
-machine (the server and any CLI), which is what serializes loads. The file is untrusted: rows that
-do not decode are reported, never trusted, and a corrupt file is left untouched for the user.
+The file is untrusted: rows that do not decode are reported, never trusted.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
-from datetime import UTC, datetime
-from pathlib import Path
+from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from gpuwarden.records import ACTIVE_MODEL_STATES, ModelState, PlacementRecord
+from gpuwarden.store.base import StoreError, TxCore, iso, parse_time, text_or_none
 
-SCHEMA_VERSION = 1
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS placements (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    model_name TEXT NOT NULL,
-    gpu_indexes TEXT NOT NULL,          -- JSON list of ints; [] for CPU
-    gpu_uuids TEXT NOT NULL,            -- JSON list of str|null
-    pid INTEGER,
-    process_start_time REAL,
-    port INTEGER,
-    started_at TEXT NOT NULL,
-    requested_by TEXT,
-    state TEXT NOT NULL,                -- starting | running | stopping | stopped | failed
-    ended_at TEXT,
-    exit_code INTEGER,
-    error TEXT,
-    log_path TEXT,
-    log_tail TEXT
-);
-CREATE INDEX IF NOT EXISTS placements_by_model ON placements (model_name, id);
-CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
 ACTIVE_STATES: tuple[str, ...] = tuple(state.value for state in ACTIVE_MODEL_STATES)
 RECORDED_STATES = frozenset(state for state in ModelState if state is not ModelState.NOT_LOADED)
 _ACTIVE_SQL = "(" + ", ".join("?" for _ in ACTIVE_STATES) + ")"
-
-
-class StoreError(Exception):
-    """The state database cannot be used (corrupt, locked, unwritable); the message says which."""
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.astimezone(UTC).isoformat()
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _record(row: sqlite3.Row) -> PlacementRecord:
@@ -73,7 +28,7 @@ def _record(row: sqlite3.Row) -> PlacementRecord:
             raise ValueError("gpu_indexes")
         if not isinstance(uuids, list) or not all(u is None or isinstance(u, str) for u in uuids):
             raise ValueError("gpu_uuids")
-        started_at = _parse_time(row["started_at"])
+        started_at = parse_time(row["started_at"])
         state = ModelState(row["state"]) if isinstance(row["state"], str) else None
         if started_at is None or state not in RECORDED_STATES:
             raise ValueError("started_at/state")
@@ -89,9 +44,9 @@ def _record(row: sqlite3.Row) -> PlacementRecord:
             process_start_time=float(row["process_start_time"]) if row["process_start_time"] is not None else None,
             port=row["port"] if isinstance(row["port"], int) else None,
             started_at=started_at,
-            requested_by=row["requested_by"] if isinstance(row["requested_by"], str) else None,
+            owner=text_or_none(row["owner"]),
             state=state,
-            ended_at=_parse_time(row["ended_at"]),
+            ended_at=parse_time(row["ended_at"]),
             exit_code=row["exit_code"] if isinstance(row["exit_code"], int) else None,
             error=row["error"] if isinstance(row["error"], str) else None,
             log_path=row["log_path"] if isinstance(row["log_path"], str) else None,
@@ -102,17 +57,8 @@ def _record(row: sqlite3.Row) -> PlacementRecord:
                          "remove or repair the database to continue") from None
 
 
-class StoreTx:
-    """Reads and writes within one transaction."""
-
-    def __init__(self, connection: sqlite3.Connection) -> None:
-        self._db = connection
-
-    def _execute(self, sql: str, parameters: tuple[Any, ...] = ()) -> sqlite3.Cursor:
-        try:
-            return self._db.execute(sql, parameters)
-        except sqlite3.Error as error:
-            raise StoreError(f"state database error: {error}") from None
+class PlacementsTx(TxCore):
+    """Placements (where models run) and the run-time settings."""
 
     def active_placements(self) -> list[PlacementRecord]:
         rows = self._execute(
@@ -129,15 +75,15 @@ class StoreTx:
     def insert_placement(
         self, *, model_name: str, gpu_indexes: tuple[int, ...], gpu_uuids: tuple[str | None, ...],
         pid: int | None, process_start_time: float | None, port: int | None, started_at: datetime,
-        requested_by: str | None, log_path: str,
+        owner: str | None, log_path: str,
     ) -> int:
         """A new placement in ``starting``. With ``pid`` None it is a reservation: its GPUs are taken
         before the model is launched, and :meth:`attach_process` records the process afterwards."""
         cursor = self._execute(
             "INSERT INTO placements (model_name, gpu_indexes, gpu_uuids, pid, process_start_time, port,"
-            " started_at, requested_by, state, log_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " started_at, owner, state, log_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (model_name, json.dumps(list(gpu_indexes)), json.dumps(list(gpu_uuids)), pid, process_start_time,
-             port, _iso(started_at), requested_by, ModelState.STARTING.value, log_path))
+             port, iso(started_at), owner, ModelState.STARTING.value, log_path))
         self._bump_generation()
         return int(cursor.lastrowid or 0)
 
@@ -158,13 +104,13 @@ class StoreTx:
     def finish_placement(self, placement_id: int, *, state: ModelState, ended_at: datetime, exit_code: int | None,
                          error: str | None, log_tail: str | None) -> None:
         """End an active placement."""
-        self._finish(placement_id, (state.value, _iso(ended_at), exit_code, error, log_tail), "", ())
+        self._finish(placement_id, (state.value, iso(ended_at), exit_code, error, log_tail), "", ())
 
     def finish_if_unchanged(self, placement_id: int, observed_pid: int | None, *, state: ModelState,
                             ended_at: datetime, exit_code: int | None, error: str | None, log_tail: str | None) -> None:
         """Supervision's compare-and-set: end the placement only if its process is still the one
         observed, so a loader that recorded its process meanwhile wins."""
-        self._finish(placement_id, (state.value, _iso(ended_at), exit_code, error, log_tail), " AND pid IS ?",
+        self._finish(placement_id, (state.value, iso(ended_at), exit_code, error, log_tail), " AND pid IS ?",
                      (observed_pid,))
 
     def _finish(self, placement_id: int, values: tuple[Any, ...], check: str, check_values: tuple[Any, ...]) -> None:
@@ -199,82 +145,3 @@ class StoreTx:
             self._execute("INSERT INTO settings (key, value) VALUES (?, ?)"
                           " ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, json.dumps(value)))
         self._bump_generation()
-
-    def generation(self) -> int:
-        row = self._execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
-        try:
-            return int(row["value"]) if row else 0
-        except (TypeError, ValueError):
-            return 0
-
-    def _bump_generation(self) -> None:
-        self._execute(
-            "INSERT INTO meta (key, value) VALUES ('generation', '1')"
-            " ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1")
-
-
-class Store:
-    """The gateway. Each transaction uses its own connection, so threads never share one."""
-
-    def __init__(self, path: Path, busy_timeout_seconds: float = 30.0) -> None:
-        self.path = path
-        self._busy_timeout_seconds = busy_timeout_seconds
-        self._ready = False
-
-    def _connect(self) -> sqlite3.Connection:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            connection = sqlite3.connect(self.path, timeout=self._busy_timeout_seconds, isolation_level=None,
-                                         check_same_thread=False)
-        except (OSError, sqlite3.Error) as error:
-            raise StoreError(f"cannot open state database {self.path}: {error}") from None
-        connection.row_factory = sqlite3.Row
-        if not self._ready:
-            try:
-                connection.executescript(SCHEMA)
-                version = connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-                if version is None:
-                    connection.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                                       (str(SCHEMA_VERSION),))
-                elif str(version["value"]) != str(SCHEMA_VERSION):
-                    raise StoreError(f"state database {self.path} has schema version {version['value']!r},"
-                                     f" this gpuwarden knows {SCHEMA_VERSION}")
-            except StoreError:
-                connection.close()  # never leave the file open (on Windows that blocks moving it aside)
-                raise
-            except sqlite3.Error as error:
-                connection.close()
-                raise StoreError(f"state database {self.path} is unusable ({error}); it was left untouched:"
-                                 " move it aside to start afresh") from None
-            self._ready = True
-        return connection
-
-    @contextmanager
-    def _transaction(self, begin: str) -> Iterator[StoreTx]:
-        connection = self._connect()
-        try:
-            try:
-                connection.execute(begin)
-            except sqlite3.OperationalError as error:
-                raise StoreError(f"state database {self.path} is busy or locked ({error})") from None
-            except sqlite3.Error as error:
-                raise StoreError(f"state database {self.path} is unusable ({error})") from None
-            try:
-                yield StoreTx(connection)
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-            try:
-                connection.execute("COMMIT")
-            except sqlite3.Error as error:
-                raise StoreError(f"cannot write state database {self.path}: {error}") from None
-        finally:
-            connection.close()
-
-    def read(self) -> AbstractContextManager[StoreTx]:
-        """A read transaction (``with store.read() as tx``)."""
-        return self._transaction("BEGIN")
-
-    def exclusive(self) -> AbstractContextManager[StoreTx]:
-        """The one write path: ``BEGIN IMMEDIATE``, one writer machine-wide at a time."""
-        return self._transaction("BEGIN IMMEDIATE")

@@ -17,33 +17,13 @@ import click
 
 from gpuwarden import __version__
 from gpuwarden.classify import StatusDocument
-from gpuwarden.config import RUNTIME_SETTING_RANGES, ConfigError, Settings, load_settings
-from gpuwarden.controller import Controller, build_controller, current_user
+from gpuwarden.cli.common import EXIT_CONFIG, EXIT_FAILED, cli_actor, controller_for, fail, settings_for
+from gpuwarden.cli.people import audit, users
+from gpuwarden.config import RUNTIME_SETTING_RANGES, ConfigError
 from gpuwarden.errors import ControllerError
 from gpuwarden.present import duration_compact, gpu_state_label, terminal_safe
 from gpuwarden.probe.shared import Freshness
 from gpuwarden.records import GpuState, ModelView, parse_selection
-
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
-
-
-def _settings(ctx: click.Context, overrides: dict[str, Any] | None = None, *, quiet: bool = False) -> Settings:
-    config: Path | None = ctx.obj.get("config") if ctx.obj else None
-    try:
-        settings = load_settings(config, overrides=overrides)
-    except ConfigError as error:
-        click.echo(f"gpuwarden: configuration error: {error}", err=True)
-        ctx.exit(EXIT_CONFIG)
-        raise AssertionError("unreachable") from None
-    for note in () if quiet else settings.notes:
-        click.echo(f"gpuwarden: warning: {terminal_safe(note)}", err=True)
-    return settings
-
-
-def _fail(ctx: click.Context, error: ControllerError) -> None:
-    click.echo(f"gpuwarden: {error}", err=True)
-    ctx.exit(EXIT_FAILED)
 
 
 def format_status(document: StatusDocument) -> str:
@@ -93,7 +73,7 @@ def format_models(models: list[ModelView]) -> str:
     for view in models:
         gpus = ",".join(map(str, view.gpu_indexes)) if view.gpu_indexes else ("cpu" if view.loaded else "-")
         uptime = "-" if view.uptime_seconds is None else duration_compact(view.uptime_seconds)
-        detail = view.error or (f"requested by {view.requested_by}" if view.loaded and view.requested_by else "")
+        detail = view.error or (f"owner {view.owner}" if view.loaded and view.owner else "")
         pid = view.model_pid or view.pid or "-"  # the model's own process where its launcher recorded it
         lines.append(f"{terminal_safe(view.name):<24} {view.state.value:<11} {gpus:<8} {pid:>8}  "
                      f"{uptime:>9}  {terminal_safe(detail)}")
@@ -111,12 +91,6 @@ def cli(ctx: click.Context, config: Path | None) -> None:
     ctx.obj["config"] = config
 
 
-def _controller(ctx: click.Context, overrides: dict[str, Any] | None = None) -> Controller:
-    controller = build_controller(_settings(ctx, overrides))
-    controller.reconcile()
-    return controller
-
-
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the status document as JSON.")
 @click.option("--threshold", type=click.IntRange(*RUNTIME_SETTING_RANGES["memory_threshold_mib"]), default=None,
@@ -124,7 +98,7 @@ def _controller(ctx: click.Context, overrides: dict[str, Any] | None = None) -> 
 @click.pass_context
 def status(ctx: click.Context, as_json: bool, threshold: int | None) -> None:
     """Show every GPU: idle, model loaded, or occupied by someone else."""
-    document = _controller(ctx).status(Freshness.NOW, threshold_mib=threshold)
+    document = controller_for(ctx).status(Freshness.NOW, threshold_mib=threshold)
     if as_json:
         click.echo(json.dumps(document.to_dict(), indent=2))
     else:
@@ -138,12 +112,11 @@ def status(ctx: click.Context, as_json: bool, threshold: int | None) -> None:
 @click.pass_context
 def models(ctx: click.Context, as_json: bool) -> None:
     """List the configured models with their state, GPUs, PID and uptime."""
-    controller = _controller(ctx)
+    controller = controller_for(ctx)
     try:
         views = controller.models()
     except ControllerError as error:
-        _fail(ctx, error)
-        return
+        fail(ctx, error)
     if as_json:
         click.echo(json.dumps([view.to_dict() for view in views], indent=2))
     else:
@@ -156,14 +129,13 @@ def models(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def load(ctx: click.Context, model: str, gpus: str | None) -> None:
     """Load MODEL onto idle GPUs (re-checked right before the load)."""
-    controller = _controller(ctx)
+    controller = controller_for(ctx)
     try:
         controller.model_spec(model)  # an unknown model is reported before a bad selection
         selection = parse_selection(gpus) if gpus is not None else None
-        view = controller.load(model, selection, requested_by=current_user())
+        view = controller.load(model, selection, actor=cli_actor())
     except ControllerError as error:
-        _fail(ctx, error)
-        return
+        fail(ctx, error)
     where = ",".join(map(str, view.gpu_indexes)) if view.gpu_indexes else "cpu"
     click.echo(f"loaded {view.name} on GPU {where} (launcher pid {view.pid}, {view.state}); log: {view.log_path}")
 
@@ -173,12 +145,11 @@ def load(ctx: click.Context, model: str, gpus: str | None) -> None:
 @click.pass_context
 def unload(ctx: click.Context, model: str) -> None:
     """Stop MODEL (its whole process tree) and free its GPUs."""
-    controller = _controller(ctx)
+    controller = controller_for(ctx)
     try:
-        view = controller.unload(model)
+        view = controller.unload(model, actor=cli_actor())
     except ControllerError as error:
-        _fail(ctx, error)
-        return
+        fail(ctx, error)
     click.echo(f"unloaded {view.name}")
 
 
@@ -198,9 +169,16 @@ def serve(ctx: click.Context, host: str | None, port: int | None, demo: bool) ->
     if port is not None:
         overrides["port"] = port
     if demo:  # the demo keeps its state in a folder of its own inside the configured state_dir
-        overrides.update(demo_overrides(_settings(ctx, overrides, quiet=True).state_dir))
-    settings = _settings(ctx, overrides)
-    run_server(settings)
+        overrides.update(demo_overrides(settings_for(ctx, overrides, quiet=True).state_dir))
+    settings = settings_for(ctx, overrides)
+    try:
+        run_server(settings)
+    except ConfigError as error:
+        fail(ctx, error, EXIT_CONFIG)
+
+
+cli.add_command(users)
+cli.add_command(audit)
 
 
 def tolerant_output() -> None:

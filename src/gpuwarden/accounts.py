@@ -1,0 +1,263 @@
+"""Use cases for people: accounts, API tokens, logins and sessions, and the audit trail.
+
+The server and the CLI share them through the state database. Every change is audited in the
+transaction that makes it. Secrets are handled here only as far as hashing them: the web layer
+signs the session cookie, the CLI reads passwords without echo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from gpuwarden import people
+from gpuwarden.config import Settings
+from gpuwarden.errors import AccountProblem, NotAuthenticated, NotPermitted, StateUnavailable, TooManyAttempts
+from gpuwarden.people import Actor, AuditAction, AuditEntry, AuditResult, AuthMode, Channel, UserRecord
+from gpuwarden.probe.base import utc_now
+from gpuwarden.store import STATE_DATABASE, Store, StoreError, StoreTx
+
+MAX_AUDIT_ROWS = 100_000  # whatever the retention, a flood of refused requests cannot fill the disk
+# argon2 uses 64 MiB per check: a burst of logins must not exhaust memory or the worker threads.
+CONCURRENT_PASSWORD_CHECKS = 2
+DENIALS_PER_MINUTE = 60
+
+
+@dataclass(frozen=True)
+class Login:
+    """A successful login: who, and the session id for the cookie (shown to this client only)."""
+
+    user: UserRecord
+    session_id: str
+
+
+class Accounts:
+    """Accounts and the audit trail on one state database. Thread-safe."""
+
+    def __init__(self, store: Store, mode: AuthMode, clock: Callable[[], datetime], *,
+                 session_lifetime_hours: float = 168.0, audit_retention_days: int = 365) -> None:
+        self.store = store
+        self.mode = mode
+        self.clock = clock
+        self.session_lifetime = timedelta(hours=session_lifetime_hours)
+        self.audit_retention = timedelta(days=audit_retention_days)
+        self.throttle = people.LoginThrottle()
+        self._password_checks = threading.BoundedSemaphore(CONCURRENT_PASSWORD_CHECKS)
+        self._denials_lock = threading.Lock()
+        self._denial_minute = 0
+        self._denials_this_minute = 0
+        self._denials_unrecorded = 0
+
+    def _write(self) -> contextlib.AbstractContextManager[StoreTx]:
+        return self.store.exclusive()
+
+    # ------------------------------------------------------------- the audit trail
+
+    def record(self, entry: AuditEntry) -> None:
+        """Write an audit entry on its own (a refusal, whose action wrote nothing). Never fails the caller."""
+        with contextlib.suppress(StoreError), self._write() as tx:
+            tx.add_audit(entry, at=self.clock())
+
+    def record_denial(self, entry: AuditEntry) -> None:
+        """A request refused at the door (not signed in, cross-site): audited, but at most
+        DENIALS_PER_MINUTE entries a minute, the rest counted in the next one, so that a page
+        hammering gpuwarden cannot flood the trail."""
+        with self._denials_lock:
+            minute = int(self.clock().timestamp() // 60)
+            if minute != self._denial_minute:
+                self._denial_minute, self._denials_this_minute = minute, 0
+            self._denials_this_minute += 1
+            if self._denials_this_minute > DENIALS_PER_MINUTE:
+                self._denials_unrecorded += 1
+                return
+            unrecorded, self._denials_unrecorded = self._denials_unrecorded, 0
+        if unrecorded:
+            entry = replace(entry, detail=f"{entry.detail} (and {unrecorded} similar refusals not recorded singly)")
+        self.record(entry)
+
+    def recent(self, limit: int = 100) -> list[AuditEntry]:
+        try:
+            with self.store.read() as tx:
+                return tx.audit(max(1, min(limit, 1000)))
+        except StoreError as error:
+            raise StateUnavailable(str(error)) from None
+
+    def prune(self) -> int:
+        """Delete audit entries past the retention (and beyond the row cap)."""
+        with self._write() as tx:
+            return tx.prune_audit(older_than=self.clock() - self.audit_retention, keep_at_most=MAX_AUDIT_ROWS)
+
+    # ------------------------------------------------------------- accounts (admins)
+
+    def users(self) -> list[UserRecord]:
+        try:
+            with self.store.read() as tx:
+                return tx.users()
+        except StoreError as error:
+            raise StateUnavailable(str(error)) from None
+
+    def _administer(self, actor: Actor, action: AuditAction, detail: str) -> None:
+        if not people.may_administer(actor, AuthMode.PASSWORD):
+            self.record(AuditEntry.by(actor, action, AuditResult.REFUSED, detail=f"{detail}: admins only"))
+            raise NotPermitted("only an admin can change accounts")
+
+    def add_user(self, actor: Actor, name: str, password: str, *, admin: bool) -> UserRecord:
+        self._administer(actor, AuditAction.USER_ADD, f"add {name[:64]}")
+        problem = people.user_name_problem(name) or people.password_problem(password)
+        if problem:
+            raise AccountProblem(problem)
+        password_hash = people.hash_password(password)
+        try:
+            with self._write() as tx:
+                if tx.user(name) is not None:
+                    raise AccountProblem(f"user {name} already exists (change the password with "
+                                         f"`gpuwarden users passwd {name}`)")
+                tx.add_user(name, password_hash, admin=admin, at=self.clock())
+                tx.add_audit(AuditEntry.by(actor, AuditAction.USER_ADD, AuditResult.OK,
+                                           detail=f"{name}{' (admin)' if admin else ''}"), at=self.clock())
+                added = tx.user(name)
+        except StoreError as error:
+            raise StateUnavailable(str(error)) from None
+        assert added is not None
+        return added
+
+    def remove_user(self, actor: Actor, name: str) -> None:
+        """Remove an account, its tokens and its sessions. The last admin stays while others remain."""
+        self._administer(actor, AuditAction.USER_REMOVE, f"remove {name[:64]}")
+        try:
+            with self._write() as tx:
+                users = tx.users()
+                user = next((u for u in users if u.name == name), None)
+                if user is None:
+                    raise AccountProblem(f"no user {name[:64]!r}")
+                if user.admin and len(users) > 1 and sum(u.admin for u in users) == 1:
+                    raise AccountProblem(f"{name} is the last admin: make another admin first")
+                tx.remove_user(name)
+                tx.add_audit(AuditEntry.by(actor, AuditAction.USER_REMOVE, AuditResult.OK, detail=name),
+                             at=self.clock())
+        except StoreError as error:
+            raise StateUnavailable(str(error)) from None
+
+    def set_password(self, actor: Actor, name: str, password: str) -> None:
+        """A new password; the account's sessions end (its API tokens stay)."""
+        self._administer(actor, AuditAction.USER_PASSWORD, f"password of {name[:64]}")
+        problem = people.password_problem(password)
+        if problem:
+            raise AccountProblem(problem)
+        password_hash = people.hash_password(password)
+        try:
+            with self._write() as tx:
+                if not tx.set_password(name, password_hash):
+                    raise AccountProblem(f"no user {name[:64]!r}")
+                ended = tx.end_sessions(name)
+                tx.add_audit(AuditEntry.by(actor, AuditAction.USER_PASSWORD, AuditResult.OK,
+                                           detail=f"{name}; {ended} session(s) ended"), at=self.clock())
+        except StoreError as error:
+            raise StateUnavailable(str(error)) from None
+
+    def new_token(self, actor: Actor, name: str) -> str:
+        """A new API token for ``name``: returned once, kept only as its digest."""
+        self._administer(actor, AuditAction.TOKEN_CREATE, f"token for {name[:64]}")
+        token = people.new_secret_token()
+        try:
+            with self._write() as tx:
+                if tx.user(name) is None:
+                    raise AccountProblem(f"no user {name[:64]!r}")
+                tx.add_token(name, people.token_digest(token), at=self.clock())
+                tx.add_audit(AuditEntry.by(actor, AuditAction.TOKEN_CREATE, AuditResult.OK, detail=name),
+                             at=self.clock())
+        except StoreError as error:
+            raise StateUnavailable(str(error)) from None
+        return token
+
+    def revoke_tokens(self, actor: Actor, name: str) -> int:
+        self._administer(actor, AuditAction.TOKEN_REVOKE, f"tokens of {name[:64]}")
+        try:
+            with self._write() as tx:
+                if tx.user(name) is None:
+                    raise AccountProblem(f"no user {name[:64]!r}")
+                revoked = tx.revoke_tokens(name)
+                tx.add_audit(AuditEntry.by(actor, AuditAction.TOKEN_REVOKE, AuditResult.OK,
+                                           detail=f"{name}: {revoked} token(s)"), at=self.clock())
+        except StoreError as error:
+            raise StateUnavailable(str(error)) from None
+        return revoked
+
+    # ------------------------------------------------------------- logins and requests
+
+    def login(self, name: str, password: str, client: str) -> Login:
+        """Check a password; a new session on success. Failures are audited and throttled per
+        account name and per client address."""
+        keys = (f"user:{name[:64]}", f"client:{client}")
+        wait = self.throttle.retry_after_seconds(*keys)
+        if wait is not None:
+            self.record(AuditEntry(AuditAction.LOGIN, AuditResult.REFUSED, user=name[:64], client=client,
+                                   detail="too many failed logins"))
+            raise TooManyAttempts(f"too many failed logins: try again in {wait:.0f} s", wait)
+        user = self._user(name) if people.user_name_problem(name) is None else None
+        with self._password_checks:
+            matches = people.password_matches(user.password_hash if user else None, password)
+        if user is None or not matches:
+            self.throttle.failed(*keys)
+            self.record(AuditEntry(AuditAction.LOGIN, AuditResult.REFUSED, user=name[:64], client=client,
+                                   detail="wrong user name or password"))
+            raise NotAuthenticated("wrong user name or password")
+        self.throttle.succeeded(*keys)
+        session_id = secrets.token_urlsafe(32)
+        now = self.clock()
+        try:
+            with self._write() as tx:
+                tx.add_session(user.name, people.token_digest(session_id), at=now,
+                               expires_at=now + self.session_lifetime)
+                if people.password_needs_rehash(user.password_hash):
+                    tx.set_password(user.name, people.hash_password(password))
+                tx.add_audit(AuditEntry(AuditAction.LOGIN, AuditResult.OK, user=user.name, client=client), at=now)
+        except StoreError as error:
+            raise StateUnavailable(str(error)) from None
+        return Login(user, session_id)
+
+    def logout(self, session_id: str, actor: Actor) -> None:
+        try:
+            with self._write() as tx:
+                tx.end_session(people.token_digest(session_id))
+                tx.add_audit(AuditEntry.by(actor, AuditAction.LOGOUT, AuditResult.OK), at=self.clock())
+        except StoreError as error:
+            raise StateUnavailable(str(error)) from None
+
+    def session_actor(self, session_id: str, client: str) -> Actor | None:
+        """The signed-in person of a session id from a (verified) cookie; None if it ended or expired."""
+        try:
+            with self.store.read() as tx:
+                user = tx.session_user(people.token_digest(session_id), now=self.clock())
+        except StoreError:
+            return None
+        return Actor(user.name, user.admin, Channel.WEB, client) if user else None
+
+    def token_actor(self, token: str, client: str) -> Actor | None:
+        """The account of an API token; None for an unknown or revoked one."""
+        if not token.startswith(people.TOKEN_PREFIX) or len(token) > 200:
+            return None
+        try:
+            with self.store.read() as tx:
+                user = tx.token_user(people.token_digest(token))
+        except StoreError:
+            return None
+        return Actor(user.name, user.admin, Channel.WEB, client) if user else None
+
+    def _user(self, name: str) -> UserRecord | None:
+        try:
+            with self.store.read() as tx:
+                return tx.user(name)
+        except StoreError as error:
+            raise StateUnavailable(str(error)) from None
+
+
+def build_accounts(settings: Settings, store: Store | None = None, clock: Callable[[], datetime] = utc_now) -> Accounts:
+    """The accounts of the state database under ``settings.state_dir`` (or of ``store``)."""
+    return Accounts(store or Store(settings.state_dir / STATE_DATABASE), settings.auth, clock,
+                    session_lifetime_hours=settings.session_lifetime_hours,
+                    audit_retention_days=settings.audit_retention_days)

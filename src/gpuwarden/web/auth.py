@@ -1,0 +1,153 @@
+"""Who is asking: the signed session cookie of the dashboard, or an API token (``Authorization:
+Bearer``), resolved once per request into an :class:`~gpuwarden.people.Actor` that routes read
+with :func:`current_actor`.
+
+With ``auth = "password"`` a request without a valid login gets 401 JSON (the API, HTMX requests)
+or a redirect to ``/login`` (pages); with ``auth = "none"`` (loopback only) it is anonymous.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import quote
+
+import anyio.to_thread
+from fastapi import Depends, Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gpuwarden.accounts import Accounts
+from gpuwarden.errors import NotAuthenticated
+from gpuwarden.people import Actor, AuditAction, AuditEntry, AuditResult, AuthMode, Channel
+from gpuwarden.web.guard import SAFE_METHODS
+
+SESSION_COOKIE = "gpuwarden_session"
+SECRET_FILE = "session-secret"  # noqa: S105 - the file's name
+ASSET_PATH_PREFIXES = ("/static/", "/vendor/", "/favicon.ico")  # served to anyone, no lookup
+PUBLIC_PATH_PREFIXES = ("/login", *ASSET_PATH_PREFIXES)
+
+
+class CookieSigner:
+    """HMAC-SHA256 over the session id with a secret kept in the state directory: a cookie that was
+    not issued here is refused before the database is asked."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+
+    def _mac(self, value: str) -> str:
+        digest = hmac.new(self._secret, value.encode("utf-8"), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+    def sign(self, value: str) -> str:
+        return f"{value}.{self._mac(value)}"
+
+    def unsign(self, signed: str) -> str | None:
+        value, _, mac = signed.rpartition(".")
+        if not value or len(signed) > 200 or not hmac.compare_digest(mac, self._mac(value)):
+            return None
+        return value
+
+
+def load_secret(path: Path) -> bytes:
+    """The signing secret, made on first use, readable by its owner only (on Windows the per-user
+    state folder's ACL protects it)."""
+    try:
+        return bytes.fromhex(path.read_text(encoding="utf-8").strip())
+    except (FileNotFoundError, ValueError):
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_bytes(32)
+    temporary = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+        file.write(secret.hex())
+    temporary.replace(path)
+    return secret
+
+
+def client_address(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+class Authenticator:
+    """ASGI middleware: puts the request's Actor in ``scope["state"]["actor"]`` or answers for it."""
+
+    def __init__(self, app: ASGIApp, accounts: Accounts, signer: CookieSigner) -> None:
+        self.app = app
+        self.accounts = accounts
+        self.signer = signer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(ASSET_PATH_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        client = client_address(scope)
+        authorization = request.headers.get("authorization")
+        actor: Actor | None = None
+        if authorization is not None:
+            scheme, _, token = authorization.partition(" ")
+            if scheme.lower() == "bearer":
+                actor = await anyio.to_thread.run_sync(self.accounts.token_actor, token.strip(), client)
+            if actor is None:
+                await self._refuse(scope, receive, send, "invalid API token (Authorization: Bearer TOKEN)")
+                return
+        elif self.accounts.mode is AuthMode.PASSWORD:
+            session_id = self.session_id(request)
+            if session_id is not None:
+                actor = await anyio.to_thread.run_sync(self.accounts.session_actor, session_id, client)
+        else:
+            actor = Actor(None, admin=False, channel=Channel.WEB, client=client)
+        if actor is None and not request.url.path.startswith(PUBLIC_PATH_PREFIXES):
+            await self._refuse(scope, receive, send, "sign in first: log in at /login, or send an API token"
+                               " (Authorization: Bearer TOKEN, made by `gpuwarden users token NAME`)")
+            return
+        scope.setdefault("state", {})["actor"] = actor
+        await self.app(scope, receive, send)
+
+    def session_id(self, request: Request) -> str | None:
+        return session_id(request, self.signer)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, detail: str) -> None:
+        request = Request(scope)
+        method = request.method
+        if method not in SAFE_METHODS:
+            entry = AuditEntry(AuditAction.DENIED, AuditResult.REFUSED, client=client_address(scope),
+                               detail=f"not signed in: {method} {request.url.path[:200]}")
+            await anyio.to_thread.run_sync(self.accounts.record_denial, entry)
+        response: Response
+        wants_page = (method in SAFE_METHODS and not request.url.path.startswith(("/api/", "/events"))
+                      and request.headers.get("HX-Request") != "true")
+        if wants_page:
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            response = RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
+        else:
+            headers = {"WWW-Authenticate": 'Bearer realm="gpuwarden"'}
+            if request.headers.get("HX-Request") == "true":
+                headers["HX-Redirect"] = "/login"  # htmx follows it: the dashboard goes to the login page
+            response = JSONResponse({"detail": detail}, status_code=401, headers=headers)
+        await response(scope, receive, send)
+
+
+def session_id(request: Request, signer: CookieSigner) -> str | None:
+    """The session id in the request's cookie, if the cookie was signed here."""
+    cookie = request.cookies.get(SESSION_COOKIE)
+    return signer.unsign(cookie) if cookie else None
+
+
+def current_actor(request: Request) -> Actor:
+    """The Actor the :class:`Authenticator` found (routes outside the public paths always have one)."""
+    actor: Actor | None = request.scope.get("state", {}).get("actor")
+    if actor is None:
+        raise NotAuthenticated("sign in first")
+    return actor
+
+
+ActorDep = Annotated[Actor, Depends(current_actor)]

@@ -1,0 +1,89 @@
+"""The login page and sessions: ``GET /login``, ``POST /login``, ``POST /logout``.
+
+The session cookie holds a random session id, signed; the database keeps its digest and expiry.
+It is HttpOnly (no script reads it), SameSite=Strict (no other site's page sends it) and, over
+HTTPS, Secure.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from gpuwarden.accounts import Accounts
+from gpuwarden.errors import NotAuthenticated, StateUnavailable, TooManyAttempts
+from gpuwarden.people import AuthMode
+from gpuwarden.web.auth import SESSION_COOKIE, CookieSigner, client_address, session_id
+from gpuwarden.web.templating import templates
+
+router = APIRouter(include_in_schema=False)
+
+
+def safe_next(target: str | None) -> str:
+    """Where to go after signing in: a path on this server only (no ``//host``, no ``\\``, no scheme)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target or len(target) > 2000:
+        return "/"
+    return target
+
+
+def _accounts(request: Request) -> Accounts:
+    accounts: Accounts = request.app.state.accounts
+    return accounts
+
+
+def _signer(request: Request) -> CookieSigner:
+    signer: CookieSigner = request.app.state.signer
+    return signer
+
+
+def login_page(request: Request, *, next_path: str, user_name: str = "", error: str | None = None,
+               status_code: int = 200, headers: dict[str, str] | None = None) -> HTMLResponse:
+    return templates.TemplateResponse(request, "login.html",
+                                      {"next": next_path, "user_name": user_name, "error": error},
+                                      status_code=status_code, headers=headers)
+
+
+@router.get("/login", response_class=HTMLResponse)
+def show_login(request: Request, next: str | None = None) -> Response:
+    if _accounts(request).mode is AuthMode.NONE or request.scope.get("state", {}).get("actor") is not None:
+        return RedirectResponse(safe_next(next), status_code=303)
+    return login_page(request, next_path=safe_next(next))
+
+
+@router.post("/login", response_class=HTMLResponse)
+async def do_login(request: Request, username: Annotated[str, Form(max_length=200)] = "",
+                   password: Annotated[str, Form(max_length=2000)] = "",
+                   next: Annotated[str, Form(max_length=2000)] = "/") -> Response:
+    accounts = _accounts(request)
+    target = safe_next(next)
+    if accounts.mode is AuthMode.NONE:
+        return RedirectResponse(target, status_code=303)
+    try:
+        login = await run_in_threadpool(accounts.login, username.strip(), password, client_address(request.scope))
+    except TooManyAttempts as error:
+        return login_page(request, next_path=target, user_name=username, error=str(error), status_code=429,
+                          headers={"Retry-After": str(int(error.retry_after_seconds) + 1)})
+    except (NotAuthenticated, StateUnavailable) as error:
+        status = 401 if isinstance(error, NotAuthenticated) else 503
+        return login_page(request, next_path=target, user_name=username, error=str(error), status_code=status)
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(SESSION_COOKIE, _signer(request).sign(login.session_id),
+                        max_age=int(accounts.session_lifetime.total_seconds()), httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https", path="/")
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    actor = request.scope.get("state", {}).get("actor")
+    session = session_id(request, _signer(request))
+    if actor is not None and session is not None:
+        await run_in_threadpool(_accounts(request).logout, session, actor)
+    response = RedirectResponse("/login" if _accounts(request).mode is AuthMode.PASSWORD else "/", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    if request.headers.get("HX-Request") == "true":
+        response.headers["HX-Redirect"] = "/login"
+    return response

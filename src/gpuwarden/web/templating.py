@@ -1,0 +1,16 @@
+"""The Jinja2 templates of the dashboard and the login page, with the helpers they call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi.templating import Jinja2Templates
+
+from gpuwarden import present
+from gpuwarden.web import views
+
+templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+templates.env.globals.update(
+    interval_label=present.interval_label, duration_label=present.duration_label,
+    gpu_state_label=present.gpu_state_label, model_state_label=present.model_state_label,
+    buttons_for=views.buttons_for, not_yours=views.not_yours)
