@@ -107,3 +107,33 @@ def test_out_of_range_saved_settings_are_ignored_at_startup(tmp_path: Path) -> N
         assert controller_on(state_dir, memory_threshold_mib=45).runtime.memory_threshold_mib == 45, bad
     write_sql(path, "UPDATE settings SET value = ? WHERE key = 'memory_threshold_mib'", (json.dumps(70),))
     assert controller_on(state_dir, memory_threshold_mib=45).runtime.memory_threshold_mib == 70
+
+
+VERSION_1_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE placements (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, model_name TEXT NOT NULL, gpu_indexes TEXT NOT NULL,
+    gpu_uuids TEXT NOT NULL, pid INTEGER, process_start_time REAL, port INTEGER, started_at TEXT NOT NULL,
+    requested_by TEXT, state TEXT NOT NULL, ended_at TEXT, exit_code INTEGER, error TEXT, log_path TEXT,
+    log_tail TEXT);
+CREATE INDEX placements_by_model ON placements (model_name, id);
+CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO placements (model_name, gpu_indexes, gpu_uuids, started_at, requested_by, state)
+    VALUES ('alpha', '[0]', '[null]', '2026-11-01T10:00:00+00:00', 'alice (127.0.0.1)', 'stopped');
+"""
+
+
+@pytest.mark.parametrize("recorded_version", [True, False], ids=["version-1", "no-version-row"])
+def test_a_version_1_database_is_upgraded_in_place(tmp_path: Path, recorded_version: bool) -> None:
+    path = tmp_path / "gpuwarden.db"
+    with closing(sqlite3.connect(path)) as db, db:
+        db.executescript(VERSION_1_SCHEMA + ("INSERT INTO meta VALUES ('schema_version', '1');"
+                                             if recorded_version else ""))
+    with Store(path).read() as tx:
+        (record,) = tx.latest_placements().values()
+        assert (record.model_name, record.owner) == ("alpha", "alice (127.0.0.1)")  # kept, as an owner now
+        assert tx.users() == [] and tx.audit(10) == []
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
+    with Store(path).read() as tx:  # opening it again changes nothing
+        assert len(tx.latest_placements()) == 1

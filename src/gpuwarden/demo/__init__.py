@@ -25,12 +25,14 @@ def demo_smi_path() -> Path:
 
 
 def demo_overrides(state_dir: Path | None = None) -> dict[str, Any]:
-    """Settings for ``serve --demo``: mock GPUs, demo models, and ``<state_dir>/demo`` (the
-    configured state_dir, else the default) as a state directory of its own."""
+    """Settings for ``serve --demo``: mock GPUs, demo models, ``<state_dir>/demo`` (the
+    configured state_dir, else the default) as a state directory of its own, and no accounts (the
+    demo has none: it runs on loopback only, like any ``auth = "none"`` server)."""
     command = [sys.executable, "-m", "gpuwarden.demo.model_server", "--port", "{port}"]
     return {
         "mock_smi": demo_smi_path(),
         "mock_smi_text": None,
+        "auth": "none",
         "state_dir": (state_dir or default_state_dir()) / "demo",
         "models": [
             {"name": "llama-7b", "command": command, "health_url": "http://127.0.0.1:{port}/health",

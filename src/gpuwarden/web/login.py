@@ -41,8 +41,11 @@ def _signer(request: Request) -> CookieSigner:
 
 def login_page(request: Request, *, next_path: str, user_name: str = "", error: str | None = None,
                status_code: int = 200, headers: dict[str, str] | None = None) -> HTMLResponse:
+    # A link from another site (chat, a wiki) arrives without the SameSite=Strict cookie: the page
+    # reloads itself once, now from this site, so a signed-in person goes straight on.
+    reload = request.headers.get("sec-fetch-site") == "cross-site"
     return templates.TemplateResponse(request, "login.html",
-                                      {"next": next_path, "user_name": user_name, "error": error},
+                                      {"next": next_path, "user_name": user_name, "error": error, "reload": reload},
                                       status_code=status_code, headers=headers)
 
 
