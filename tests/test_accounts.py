@@ -16,7 +16,7 @@ from gpuwarden.store import Store
 
 CLI = Actor("operator", admin=True, channel=Channel.CLI, client="cli")
 BOB = Actor("bob", admin=False, channel=Channel.WEB, client="10.0.0.9")
-PASSWORD = "correct horse"  # noqa: S105 - a test's password
+PASSWORD = "correct horse"
 
 
 class Clock:

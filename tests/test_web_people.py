@@ -21,7 +21,7 @@ pytestmark = pytest.mark.anyio
 BASE = "http://127.0.0.1:8000"
 SAME_SITE = {"Origin": BASE, "Sec-Fetch-Site": "same-origin"}
 HX = {"HX-Request": "true", **SAME_SITE}
-PASSWORD = "correct horse"  # noqa: S105 - a test's password
+PASSWORD = "correct horse"
 OPERATOR = Actor("operator", admin=True, channel=Channel.CLI, client="cli")
 
 
