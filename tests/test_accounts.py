@@ -53,8 +53,12 @@ def test_accounts_are_listed_and_changes_audited(accounts: Accounts) -> None:
         accounts.add_user(CLI, "carol", "short", admin=False)
     with pytest.raises(NotPermitted):
         accounts.add_user(BOB, "mallory", PASSWORD, admin=True)  # not an admin
-    assert actions(accounts)[:3] == [("user-add", "refused", "bob"), ("user-add", "ok", "operator"),
-                                     ("user-add", "ok", "operator")]
+    with pytest.raises(AccountProblem, match="no user"):
+        accounts.new_token(CLI, "nobody")
+    assert actions(accounts)[:6] == [("token-create", "refused", "operator"), ("user-add", "refused", "bob"),
+                                     ("user-add", "refused", "operator"), ("user-add", "refused", "operator"),
+                                     ("user-add", "ok", "operator"), ("user-add", "ok", "operator")]
+    assert "already exists" in (accounts.recent(10)[3].detail or "")
 
 
 def test_login_session_and_logout(accounts: Accounts, clock: Clock) -> None:

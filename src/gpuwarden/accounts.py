@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -52,14 +52,28 @@ class Accounts:
         self._denials_this_minute = 0
         self._denials_unrecorded = 0
 
-    def _write(self) -> contextlib.AbstractContextManager[StoreTx]:
-        return self.store.exclusive()
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[StoreTx]:
+        """An exclusive transaction; a database that cannot be used is StateUnavailable."""
+        try:
+            with self.store.exclusive() as tx:
+                yield tx
+        except StoreError as error:
+            raise StateUnavailable(str(error)) from None
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[StoreTx]:
+        try:
+            with self.store.read() as tx:
+                yield tx
+        except StoreError as error:
+            raise StateUnavailable(str(error)) from None
 
     # ------------------------------------------------------------- the audit trail
 
     def record(self, entry: AuditEntry) -> None:
         """Write an audit entry on its own (a refusal, whose action wrote nothing). Never fails the caller."""
-        with contextlib.suppress(StoreError), self._write() as tx:
+        with contextlib.suppress(StateUnavailable), self._write() as tx:
             tx.add_audit(entry, at=self.clock())
 
     def record_denial(self, entry: AuditEntry) -> None:
@@ -80,11 +94,8 @@ class Accounts:
         self.record(entry)
 
     def recent(self, limit: int = 100) -> list[AuditEntry]:
-        try:
-            with self.store.read() as tx:
-                return tx.audit(max(1, min(limit, 1000)))
-        except StoreError as error:
-            raise StateUnavailable(str(error)) from None
+        with self._read() as tx:
+            return tx.audit(max(1, min(limit, 1000)))
 
     def prune(self) -> int:
         """Delete audit entries past the retention (and beyond the row cap)."""
@@ -94,24 +105,27 @@ class Accounts:
     # ------------------------------------------------------------- accounts (admins)
 
     def users(self) -> list[UserRecord]:
-        try:
-            with self.store.read() as tx:
-                return tx.users()
-        except StoreError as error:
-            raise StateUnavailable(str(error)) from None
+        with self._read() as tx:
+            return tx.users()
 
-    def _administer(self, actor: Actor, action: AuditAction, detail: str) -> None:
-        if not people.may_administer(actor, AuthMode.PASSWORD):
-            self.record(AuditEntry.by(actor, action, AuditResult.REFUSED, detail=f"{detail}: admins only"))
-            raise NotPermitted("only an admin can change accounts")
+    @contextlib.contextmanager
+    def _administering(self, actor: Actor, action: AuditAction, subject: str) -> Iterator[None]:
+        """An account change by ``actor``: admins only; a refusal (not allowed, no such user, a weak
+        password, ...) is audited with its reason."""
+        try:
+            if not people.may_administer(actor, AuthMode.PASSWORD):
+                raise NotPermitted("only an admin can change accounts")
+            yield
+        except (NotPermitted, AccountProblem) as error:
+            self.record(AuditEntry.by(actor, action, AuditResult.REFUSED, detail=f"{subject[:80]}: {error}"))
+            raise
 
     def add_user(self, actor: Actor, name: str, password: str, *, admin: bool) -> UserRecord:
-        self._administer(actor, AuditAction.USER_ADD, f"add {name[:64]}")
-        problem = people.user_name_problem(name) or people.password_problem(password)
-        if problem:
-            raise AccountProblem(problem)
-        password_hash = people.hash_password(password)
-        try:
+        with self._administering(actor, AuditAction.USER_ADD, f"add {name[:64]}"):
+            problem = people.user_name_problem(name) or people.password_problem(password)
+            if problem:
+                raise AccountProblem(problem)
+            password_hash = people.hash_password(password)
             with self._write() as tx:
                 if tx.user(name) is not None:
                     raise AccountProblem(f"user {name} already exists (change the password with "
@@ -120,72 +134,57 @@ class Accounts:
                 tx.add_audit(AuditEntry.by(actor, AuditAction.USER_ADD, AuditResult.OK,
                                            detail=f"{name}{' (admin)' if admin else ''}"), at=self.clock())
                 added = tx.user(name)
-        except StoreError as error:
-            raise StateUnavailable(str(error)) from None
-        assert added is not None
-        return added
+            assert added is not None
+            return added
 
     def remove_user(self, actor: Actor, name: str) -> None:
         """Remove an account, its tokens and its sessions. The last admin stays while others remain."""
-        self._administer(actor, AuditAction.USER_REMOVE, f"remove {name[:64]}")
-        try:
-            with self._write() as tx:
-                users = tx.users()
-                user = next((u for u in users if u.name == name), None)
-                if user is None:
-                    raise AccountProblem(f"no user {name[:64]!r}")
-                if user.admin and len(users) > 1 and sum(u.admin for u in users) == 1:
-                    raise AccountProblem(f"{name} is the last admin: make another admin first")
-                tx.remove_user(name)
-                tx.add_audit(AuditEntry.by(actor, AuditAction.USER_REMOVE, AuditResult.OK, detail=name),
-                             at=self.clock())
-        except StoreError as error:
-            raise StateUnavailable(str(error)) from None
+        with self._administering(actor, AuditAction.USER_REMOVE, f"remove {name[:64]}"), self._write() as tx:
+            users = tx.users()
+            user = next((u for u in users if u.name == name), None)
+            if user is None:
+                raise AccountProblem(f"no user {name[:64]!r}")
+            if user.admin and len(users) > 1 and sum(u.admin for u in users) == 1:
+                raise AccountProblem(f"{name} is the last admin: make another admin first")
+            tx.remove_user(name)
+            tx.add_audit(AuditEntry.by(actor, AuditAction.USER_REMOVE, AuditResult.OK, detail=name),
+                         at=self.clock())
 
     def set_password(self, actor: Actor, name: str, password: str) -> None:
         """A new password; the account's sessions end (its API tokens stay)."""
-        self._administer(actor, AuditAction.USER_PASSWORD, f"password of {name[:64]}")
-        problem = people.password_problem(password)
-        if problem:
-            raise AccountProblem(problem)
-        password_hash = people.hash_password(password)
-        try:
+        with self._administering(actor, AuditAction.USER_PASSWORD, f"password of {name[:64]}"):
+            problem = people.password_problem(password)
+            if problem:
+                raise AccountProblem(problem)
+            password_hash = people.hash_password(password)
             with self._write() as tx:
                 if not tx.set_password(name, password_hash):
                     raise AccountProblem(f"no user {name[:64]!r}")
                 ended = tx.end_sessions(name)
                 tx.add_audit(AuditEntry.by(actor, AuditAction.USER_PASSWORD, AuditResult.OK,
                                            detail=f"{name}; {ended} session(s) ended"), at=self.clock())
-        except StoreError as error:
-            raise StateUnavailable(str(error)) from None
 
     def new_token(self, actor: Actor, name: str) -> str:
         """A new API token for ``name``: returned once, kept only as its digest."""
-        self._administer(actor, AuditAction.TOKEN_CREATE, f"token for {name[:64]}")
-        token = people.new_secret_token()
-        try:
+        with self._administering(actor, AuditAction.TOKEN_CREATE, f"token for {name[:64]}"):
+            token = people.new_secret_token()
             with self._write() as tx:
                 if tx.user(name) is None:
                     raise AccountProblem(f"no user {name[:64]!r}")
                 tx.add_token(name, people.token_digest(token), at=self.clock())
                 tx.add_audit(AuditEntry.by(actor, AuditAction.TOKEN_CREATE, AuditResult.OK, detail=name),
                              at=self.clock())
-        except StoreError as error:
-            raise StateUnavailable(str(error)) from None
-        return token
+            return token
 
     def revoke_tokens(self, actor: Actor, name: str) -> int:
-        self._administer(actor, AuditAction.TOKEN_REVOKE, f"tokens of {name[:64]}")
-        try:
+        with self._administering(actor, AuditAction.TOKEN_REVOKE, f"tokens of {name[:64]}"):
             with self._write() as tx:
                 if tx.user(name) is None:
                     raise AccountProblem(f"no user {name[:64]!r}")
                 revoked = tx.revoke_tokens(name)
                 tx.add_audit(AuditEntry.by(actor, AuditAction.TOKEN_REVOKE, AuditResult.OK,
                                            detail=f"{name}: {revoked} token(s)"), at=self.clock())
-        except StoreError as error:
-            raise StateUnavailable(str(error)) from None
-        return revoked
+            return revoked
 
     # ------------------------------------------------------------- logins and requests
 
@@ -209,24 +208,18 @@ class Accounts:
         self.throttle.succeeded(*keys)
         session_id = secrets.token_urlsafe(32)
         now = self.clock()
-        try:
-            with self._write() as tx:
-                tx.add_session(user.name, people.token_digest(session_id), at=now,
-                               expires_at=now + self.session_lifetime)
-                if people.password_needs_rehash(user.password_hash):
-                    tx.set_password(user.name, people.hash_password(password))
-                tx.add_audit(AuditEntry(AuditAction.LOGIN, AuditResult.OK, user=user.name, client=client), at=now)
-        except StoreError as error:
-            raise StateUnavailable(str(error)) from None
+        with self._write() as tx:
+            tx.add_session(user.name, people.token_digest(session_id), at=now,
+                           expires_at=now + self.session_lifetime)
+            if people.password_needs_rehash(user.password_hash):
+                tx.set_password(user.name, people.hash_password(password))
+            tx.add_audit(AuditEntry(AuditAction.LOGIN, AuditResult.OK, user=user.name, client=client), at=now)
         return Login(user, session_id)
 
     def logout(self, session_id: str, actor: Actor) -> None:
-        try:
-            with self._write() as tx:
-                tx.end_session(people.token_digest(session_id))
-                tx.add_audit(AuditEntry.by(actor, AuditAction.LOGOUT, AuditResult.OK), at=self.clock())
-        except StoreError as error:
-            raise StateUnavailable(str(error)) from None
+        with self._write() as tx:
+            tx.end_session(people.token_digest(session_id))
+            tx.add_audit(AuditEntry.by(actor, AuditAction.LOGOUT, AuditResult.OK), at=self.clock())
 
     def session_actor(self, session_id: str, client: str) -> Actor | None:
         """The signed-in person of a session id from a (verified) cookie; None if it ended or expired."""
@@ -249,11 +242,8 @@ class Accounts:
         return Actor(user.name, user.admin, Channel.WEB, client) if user else None
 
     def _user(self, name: str) -> UserRecord | None:
-        try:
-            with self.store.read() as tx:
-                return tx.user(name)
-        except StoreError as error:
-            raise StateUnavailable(str(error)) from None
+        with self._read() as tx:
+            return tx.user(name)
 
 
 def build_accounts(settings: Settings, store: Store | None = None, clock: Callable[[], datetime] = utc_now) -> Accounts:
