@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import FAKE_MODELS, FakeSmi
+from tests.conftest import FAKE_MODELS, UNDER_WINE, FakeSmi
 
 pytestmark = pytest.mark.browser
 
@@ -31,6 +31,8 @@ try:
 except ImportError:  # pragma: no cover
     sync_playwright = None  # type: ignore[assignment]
 
+if UNDER_WINE:  # Wine, not Windows: Playwright's driver does not run there (real Windows runs these)
+    pytest.skip("Playwright's driver does not run under Wine", allow_module_level=True)
 if sync_playwright is None or not Path(CHROMIUM).exists():
     if REQUIRED:
         raise RuntimeError(f"browser tests required but chromium ({CHROMIUM}) or playwright is missing")
