@@ -4,6 +4,9 @@
     python run.py test     # installs into .venv, runs ruff, mypy (linux and win32), the import
                            # contracts (import-linter) and every test
 
+    python run.py test-windows   # Linux with root and apt (CI): the whole suite again under a real
+                                 # Windows CPython in Wine (tools/windows-wine.sh installs both)
+
 Extra arguments go to the command (``python run.py demo --port 9000``, ``python run.py test -k parse``).
 """
 
@@ -64,10 +67,24 @@ def ensure_chromium() -> None:
               "(install chromium, or set GPUWARDEN_CHROMIUM to a Chromium/Chrome binary)", flush=True)
 
 
+def test_windows(extra: list[str]) -> int:
+    """The suite under Windows' own CPython, in Wine: Windows paths, code pages, process and signal rules."""
+    if sys.platform != "linux":
+        print("test-windows runs Windows' Python in Wine on Linux; on Windows, run `py run.py test`", flush=True)
+        return 2
+    if run("bash", ROOT / "tools" / "windows-wine.sh", ROOT) != 0:
+        print("setting up Wine and its Windows Python failed (see above)", flush=True)
+        return 1
+    wpy = Path(os.environ.get("WINE_PY_HOME", "/tmp/gw-wine")) / "bin" / "wpy"
+    return run(wpy, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:faulthandler", *(extra or ["-q", "tests"]))
+
+
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("demo", "test"):
+    if not argv or argv[0] not in ("demo", "test", "test-windows"):
         print(__doc__)
         return 2
+    if argv[0] == "test-windows":
+        return test_windows(argv[1:])
     python = ensure_installed()
     if argv[0] == "demo":
         return run(python, "-m", "gpuwarden", "serve", "--demo", *argv[1:])

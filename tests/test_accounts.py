@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from gpuwarden import people
 from gpuwarden.accounts import DENIALS_PER_MINUTE, Accounts
 from gpuwarden.errors import AccountProblem, NotAuthenticated, NotPermitted, TooManyAttempts
 from gpuwarden.people import Actor, AuditAction, AuditEntry, AuditResult, AuthMode, Channel
@@ -148,3 +151,60 @@ def test_audit_is_pruned_by_age(accounts: Accounts, clock: Clock) -> None:
     accounts.record(AuditEntry(AuditAction.LOAD, AuditResult.OK, user="new"))
     assert accounts.prune() >= 1
     assert "old" not in {e.user for e in accounts.recent(100)} and "new" in {e.user for e in accounts.recent(100)}
+
+
+def test_a_burst_of_concurrent_guesses_is_throttled_like_a_sequence(accounts: Accounts) -> None:
+    outcomes: list[str] = []
+
+    def guess(password: str) -> None:
+        try:
+            accounts.login("bob", password, "10.0.0.77")
+            outcomes.append("in")
+        except TooManyAttempts:
+            outcomes.append("throttled")
+        except NotAuthenticated:
+            outcomes.append("wrong")
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        list(pool.map(guess, ["wrong guess"] * 24 + [PASSWORD]))
+    assert Counter(outcomes) == {"wrong": 5, "throttled": 20}  # the right password came too late
+
+
+def test_sessions_work_only_from_their_address(accounts: Accounts) -> None:
+    login = accounts.login("bob", PASSWORD, "10.0.0.9")
+    assert accounts.session_actor(login.session_id, "10.0.0.9") is not None
+    assert accounts.session_actor(login.session_id, "127.0.0.1") is None  # the cookie seen by another server
+
+
+def test_a_password_changed_during_a_login_wins(accounts: Accounts, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = people.password_matches
+
+    def matches_then_changed(stored: str | None, password: str) -> bool:
+        result = real(stored, password)
+        monkeypatch.setattr(people, "password_matches", real)
+        accounts.set_password(CLI, "bob", "battery staple")  # an admin, between the check and the session
+        return result
+
+    monkeypatch.setattr(people, "password_matches", matches_then_changed)
+    with pytest.raises(NotAuthenticated):
+        accounts.login("bob", PASSWORD, "10.0.0.9")
+    assert accounts.login("bob", "battery staple", "10.0.0.9").user.name == "bob"
+
+
+def test_names_that_are_no_account_are_not_written_down(accounts: Accounts) -> None:
+    with pytest.raises(NotAuthenticated):
+        accounts.login("hunter2-typed-in-the-name-field", "x" * 8, "10.0.0.5")
+    with pytest.raises(NotAuthenticated):
+        accounts.login("bob", "x" * 8, "10.0.0.5")
+    newest = accounts.recent(2)
+    assert [(e.user, e.detail) for e in newest] == [("bob", "wrong password"), (None, "no such account")]
+
+
+def test_past_the_cap_refusals_are_deleted_first(accounts: Accounts) -> None:
+    for index in range(6):
+        accounts.record(AuditEntry(AuditAction.LOGIN, AuditResult.REFUSED if index % 2 else AuditResult.OK,
+                                   user=f"u{index}"))
+    total = len(accounts.recent(1000))
+    accounts.prune(keep_at_most=total - 3)
+    users = {e.user for e in accounts.recent(1000)}
+    assert {"u0", "u2", "u4"} <= users and not {"u1", "u3", "u5"} & users

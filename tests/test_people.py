@@ -74,18 +74,25 @@ def test_login_throttle_blocks_after_max_failures_and_recovers() -> None:
     clock = FakeClock()
     throttle = people.LoginThrottle(max_failures=3, window_seconds=60, clock=clock)
     for _ in range(3):
-        assert throttle.retry_after_seconds("user:alice", "client:1") is None
-        throttle.failed("user:alice", "client:1")
-    assert throttle.retry_after_seconds("user:alice") == pytest.approx(60)
-    assert throttle.retry_after_seconds("client:1", "user:carol") == pytest.approx(60)  # the address is limited too
-    assert throttle.retry_after_seconds("user:carol") is None
+        assert throttle.begin("user:alice", "client:1") is None  # each attempt counts until it succeeds
+    assert throttle.begin("user:alice") == pytest.approx(60)
+    assert throttle.begin("client:1", "user:carol") == pytest.approx(60)  # the address is limited too
+    assert throttle.retry_after_seconds("user:carol") is None  # a refused attempt counted nothing
     clock.now += 59
     assert throttle.retry_after_seconds("user:alice") == pytest.approx(1)
     clock.now += 1
-    assert throttle.retry_after_seconds("user:alice") is None  # the window slid past the failures
-    throttle.failed("user:bob")
-    throttle.succeeded("user:bob")
-    assert throttle._failures.get("user:bob") is None
+    assert throttle.begin("user:alice", "client:1") is None  # the window slid past the failures
+
+
+def test_a_success_resets_the_account_but_not_the_address() -> None:
+    throttle = people.LoginThrottle(max_failures=3, window_seconds=60, clock=FakeClock())
+    for name in ("root", "alice"):
+        assert throttle.begin(f"user:{name}", "client:1") is None  # guesses at others' accounts
+    assert throttle.begin("user:me", "client:1") is None
+    throttle.succeeded("user:me", "client:1")  # ... then one's own account: the guesses still count
+    assert throttle.retry_after_seconds("user:me") is None
+    assert throttle.begin("user:bob", "client:1") is None
+    assert throttle.begin("user:carol", "client:1") is not None
 
 
 def test_audit_entry_by_an_actor() -> None:

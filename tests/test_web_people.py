@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from gpuwarden.accounts import build_accounts
-from gpuwarden.config import ConfigError
+from gpuwarden.config import ConfigError, load_settings
 from gpuwarden.controller import Controller, build_controller
 from gpuwarden.people import Actor, Channel
 from gpuwarden.web.app import create_app
@@ -224,3 +224,39 @@ async def test_a_link_from_another_site_reloads_the_login_page_once(app_and_cont
     again = await alice.get("/login?next=%2Fdashboard", headers={"Sec-Fetch-Site": "same-origin"})
     assert again.status_code == 303 and again.headers["location"] == "/dashboard"
     await alice.aclose()
+
+
+async def test_no_page_can_be_framed_and_odd_headers_are_refused_not_crashed(
+        app_and_controller: tuple[Any, Controller]) -> None:
+    app, _ = app_and_controller
+    async with client_for(app) as client:
+        for response in (await client.get("/login"), await client.get("/api/gpus"),
+                         await client.get("/", headers={"Host": "evil.example"}),
+                         await client.post("/logout", headers={"Origin": "http://evil.example"})):
+            assert response.headers["x-frame-options"] == "DENY", response.status_code
+            assert response.headers["content-security-policy"] == "frame-ancestors 'none'"
+        assert (await client.post("/logout", headers={"Origin": "http://["})).status_code == 403
+        planted = {"Cookie": "gpuwarden_session=a.\u00e9".encode()}  # set by a page on another port
+        assert (await client.get("/api/me", headers=planted)).status_code == 401
+        assert (await client.get("/login", headers=planted)).status_code == 200
+
+
+async def test_a_flood_of_sign_ins_is_turned_away(app_and_controller: tuple[Any, Controller],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from gpuwarden.web import login
+
+    app, _ = app_and_controller
+    monkeypatch.setattr(login, "MAX_WAITING_LOGINS", 0)
+    async with client_for(app) as client:
+        busy = await client.post("/login", data={"username": "bob", "password": PASSWORD}, headers=SAME_SITE)
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "5" and "too many sign-ins" in busy.text
+
+
+def test_forwarded_headers_are_believed_from_trusted_proxies_only(tmp_path: Path) -> None:
+    from gpuwarden.web.server import proxy_options
+
+    assert proxy_options(make_settings(tmp_path)) == {"proxy_headers": False}
+    trusted = make_settings(tmp_path, trusted_proxies=["127.0.0.1", "10.0.0.0/8"])
+    assert proxy_options(trusted) == {"proxy_headers": True, "forwarded_allow_ips": "127.0.0.1,10.0.0.0/8"}
+    with pytest.raises(ConfigError, match="not an IP address"):
+        load_settings(None, environ={"GPUWARDEN_TRUSTED_PROXIES": "gpu-box"})

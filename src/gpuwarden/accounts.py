@@ -22,9 +22,14 @@ from gpuwarden.probe.base import utc_now
 from gpuwarden.store import STATE_DATABASE, Store, StoreError, StoreTx
 
 MAX_AUDIT_ROWS = 100_000  # whatever the retention, a flood of refused requests cannot fill the disk
-# argon2 uses 64 MiB per check: a burst of logins must not exhaust memory or the worker threads.
-CONCURRENT_PASSWORD_CHECKS = 2
 DENIALS_PER_MINUTE = 60
+
+
+@dataclass
+class _DenialCount:
+    minute: int = 0
+    recorded: int = 0
+    unrecorded: int = 0
 
 
 @dataclass(frozen=True)
@@ -46,11 +51,8 @@ class Accounts:
         self.session_lifetime = timedelta(hours=session_lifetime_hours)
         self.audit_retention = timedelta(days=audit_retention_days)
         self.throttle = people.LoginThrottle()
-        self._password_checks = threading.BoundedSemaphore(CONCURRENT_PASSWORD_CHECKS)
         self._denials_lock = threading.Lock()
-        self._denial_minute = 0
-        self._denials_this_minute = 0
-        self._denials_unrecorded = 0
+        self._denials: dict[AuditAction, _DenialCount] = {}
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[StoreTx]:
@@ -77,18 +79,19 @@ class Accounts:
             tx.add_audit(entry, at=self.clock())
 
     def record_denial(self, entry: AuditEntry) -> None:
-        """A request refused at the door (not signed in, cross-site): audited, but at most
-        DENIALS_PER_MINUTE entries a minute, the rest counted in the next one, so that a page
-        hammering gpuwarden cannot flood the trail."""
+        """A refusal anyone can cause without an account (a failed login, a request refused at the
+        door): audited, but at most DENIALS_PER_MINUTE entries a minute per action, the rest counted
+        in the next one, so that nobody can flood the trail and push its history out."""
+        minute = int(self.clock().timestamp() // 60)
         with self._denials_lock:
-            minute = int(self.clock().timestamp() // 60)
-            if minute != self._denial_minute:
-                self._denial_minute, self._denials_this_minute = minute, 0
-            self._denials_this_minute += 1
-            if self._denials_this_minute > DENIALS_PER_MINUTE:
-                self._denials_unrecorded += 1
+            count = self._denials.setdefault(entry.action, _DenialCount())
+            if minute != count.minute:
+                count.minute, count.recorded = minute, 0
+            if count.recorded >= DENIALS_PER_MINUTE:
+                count.unrecorded += 1
                 return
-            unrecorded, self._denials_unrecorded = self._denials_unrecorded, 0
+            count.recorded += 1
+            unrecorded, count.unrecorded = count.unrecorded, 0
         if unrecorded:
             entry = replace(entry, detail=f"{entry.detail} (and {unrecorded} similar refusals not recorded singly)")
         self.record(entry)
@@ -97,10 +100,10 @@ class Accounts:
         with self._read() as tx:
             return tx.audit(max(1, min(limit, 1000)))
 
-    def prune(self) -> int:
-        """Delete audit entries past the retention (and beyond the row cap)."""
+    def prune(self, keep_at_most: int = MAX_AUDIT_ROWS) -> int:
+        """Delete audit entries past the retention, and beyond ``keep_at_most`` (refusals first)."""
         with self._write() as tx:
-            return tx.prune_audit(older_than=self.clock() - self.audit_retention, keep_at_most=MAX_AUDIT_ROWS)
+            return tx.prune_audit(older_than=self.clock() - self.audit_retention, keep_at_most=keep_at_most)
 
     # ------------------------------------------------------------- accounts (admins)
 
@@ -189,31 +192,31 @@ class Accounts:
     # ------------------------------------------------------------- logins and requests
 
     def login(self, name: str, password: str, client: str) -> Login:
-        """Check a password; a new session on success. Failures are audited and throttled per
-        account name and per client address."""
-        keys = (f"user:{name[:64]}", f"client:{client}")
-        wait = self.throttle.retry_after_seconds(*keys)
-        if wait is not None:
-            self.record(AuditEntry(AuditAction.LOGIN, AuditResult.REFUSED, user=name[:64], client=client,
-                                   detail="too many failed logins"))
-            raise TooManyAttempts(f"too many failed logins: try again in {wait:.0f} s", wait)
+        """Check a password; a new session on success, bound to ``client`` (the address). Attempts
+        are throttled per account name and per address, and refusals audited (rate-limited); a name
+        that is no account is not written down (people type passwords into the name field)."""
+        account_key, client_key = f"user:{name[:64]}", f"client:{client}"
+        wait = self.throttle.begin(account_key, client_key)
         user = self._user(name) if people.user_name_problem(name) is None else None
-        with self._password_checks:
-            matches = people.password_matches(user.password_hash if user else None, password)
-        if user is None or not matches:
-            self.throttle.failed(*keys)
-            self.record(AuditEntry(AuditAction.LOGIN, AuditResult.REFUSED, user=name[:64], client=client,
-                                   detail="wrong user name or password"))
+        refusal = AuditEntry(AuditAction.LOGIN, AuditResult.REFUSED, user=user.name if user else None, client=client)
+        if wait is not None:
+            self.record_denial(replace(refusal, detail="too many failed logins"))
+            raise TooManyAttempts(f"too many failed logins: try again in {wait:.0f} s", wait)
+        if user is None or not people.password_matches(user.password_hash if user else None, password):
+            self.record_denial(replace(refusal, detail="wrong password" if user else "no such account"))
             raise NotAuthenticated("wrong user name or password")
-        self.throttle.succeeded(*keys)
         session_id = secrets.token_urlsafe(32)
         now = self.clock()
         with self._write() as tx:
-            tx.add_session(user.name, people.token_digest(session_id), at=now,
+            current = tx.user(user.name)
+            if current is None or current.password_hash != user.password_hash:  # changed while we checked
+                raise NotAuthenticated("wrong user name or password")
+            tx.add_session(user.name, people.token_digest(session_id), client=client, at=now,
                            expires_at=now + self.session_lifetime)
             if people.password_needs_rehash(user.password_hash):
                 tx.set_password(user.name, people.hash_password(password))
             tx.add_audit(AuditEntry(AuditAction.LOGIN, AuditResult.OK, user=user.name, client=client), at=now)
+        self.throttle.succeeded(account_key, client_key)
         return Login(user, session_id)
 
     def logout(self, session_id: str, actor: Actor) -> None:
@@ -222,10 +225,12 @@ class Accounts:
             tx.add_audit(AuditEntry.by(actor, AuditAction.LOGOUT, AuditResult.OK), at=self.clock())
 
     def session_actor(self, session_id: str, client: str) -> Actor | None:
-        """The signed-in person of a session id from a (verified) cookie; None if it ended or expired."""
+        """The signed-in person of a session id from a (verified) cookie; None if it ended, expired,
+        or comes from another address than the login (browsers send a host's cookies to every port
+        of it, so another web server on this machine may have seen the cookie)."""
         try:
             with self.store.read() as tx:
-                user = tx.session_user(people.token_digest(session_id), now=self.clock())
+                user = tx.session_user(people.token_digest(session_id), client=client, now=self.clock())
         except StoreError:
             return None
         return Actor(user.name, user.admin, Channel.WEB, client) if user else None

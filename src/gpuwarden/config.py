@@ -7,6 +7,7 @@ message names the key, so start-up stops with a sentence the user can act on.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import os
 import re
@@ -152,6 +153,9 @@ class Settings(BaseSettings):
     allowed_hosts: tuple[str, ...] = Field(
         default=(), description="Extra host names the server answers to (the names people use on the LAN, e.g. "
         "['gpu-box', 'gpu-box.lab.example']); the bound address and, on loopback, 'localhost' are always allowed.")
+    trusted_proxies: tuple[str, ...] = Field(
+        default=(), description="Addresses of reverse proxies (TLS) in front of the server whose X-Forwarded-For "
+        "and X-Forwarded-Proto headers are believed, e.g. ['127.0.0.1']; from anyone else they are ignored.")
     session_lifetime_hours: float = Field(
         default=168.0, gt=0, le=8760, description="How long a dashboard login lasts.")
     audit_retention_days: int = Field(
@@ -165,7 +169,7 @@ class Settings(BaseSettings):
         """Absolute, so model logs and launcher records are found from any working directory."""
         return value.expanduser().absolute()
 
-    @field_validator("allowed_hosts", mode="before")
+    @field_validator("allowed_hosts", "trusted_proxies", mode="before")
     @classmethod
     def _host_list(cls, value: object) -> object:
         if isinstance(value, str):  # GPUWARDEN_ALLOWED_HOSTS=gpu-box,gpu-box.lab
@@ -179,6 +183,16 @@ class Settings(BaseSettings):
             if not re.match(r"^[A-Za-z0-9.:_\-\[\]]{1,253}$", host) or host == "*":
                 raise ValueError(f"{host[:60]!r} is not a host name or address (no wildcards, no ports)")
         return tuple(host.strip("[]").lower().rstrip(".") for host in value)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for address in value:
+            try:
+                ipaddress.ip_network(address, strict=False)
+            except ValueError:
+                raise ValueError(f"{address[:60]!r} is not an IP address or network") from None
+        return value
 
     @field_validator("mock_smi_text", "mock_smi_columns")
     @classmethod

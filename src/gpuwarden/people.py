@@ -148,8 +148,10 @@ def token_digest(token: str) -> str:
 
 @dataclass
 class LoginThrottle:
-    """Failed logins per key (a user name, a client address) in a sliding window: past
-    ``max_failures`` the key waits until its oldest failure leaves the window. Thread-safe."""
+    """Login attempts per key (an account name, a client address) in a sliding window. An attempt
+    counts as a failure from the moment it begins (so a burst of concurrent guesses is limited like
+    a sequence) until it succeeds. Past ``max_failures`` a key waits until its oldest failure leaves
+    the window. Thread-safe."""
 
     max_failures: int = 5
     window_seconds: float = 300.0
@@ -161,23 +163,36 @@ class LoginThrottle:
         """None if every key may try now; else how long the most limited one must wait."""
         now = self.clock()
         with self._lock:
-            waits = [self._wait(key, now) for key in keys]
-        blocked = [wait for wait in waits if wait is not None]
-        return max(blocked) if blocked else None
+            return self._longest_wait(keys, now)
 
-    def failed(self, *keys: str) -> None:
+    def begin(self, *keys: str) -> float | None:
+        """Check and count an attempt in one step: None if it may go on (it is counted as a failure
+        until :meth:`succeeded`), else how long to wait (nothing is counted)."""
         now = self.clock()
         with self._lock:
+            wait = self._longest_wait(keys, now)
+            if wait is not None:
+                return wait
             for key in keys:
                 self._failures.setdefault(key, deque()).append(now)
             if len(self._failures) > 10_000:  # many distinct keys: forget those with nothing recent
                 for key in [k for k, v in self._failures.items() if not v or now - v[-1] > self.window_seconds]:
                     del self._failures[key]
+        return None
 
-    def succeeded(self, *keys: str) -> None:
+    def succeeded(self, account_key: str, *other_keys: str) -> None:
+        """The attempt begun was right: the account starts afresh; the other keys (the address) only
+        lose this attempt, so logging in to one's own account does not reset guesses at others'."""
         with self._lock:
-            for key in keys:
-                self._failures.pop(key, None)
+            self._failures.pop(account_key, None)
+            for key in other_keys:
+                recent = self._failures.get(key)
+                if recent:
+                    recent.pop()
+
+    def _longest_wait(self, keys: tuple[str, ...], now: float) -> float | None:
+        waits = [wait for wait in (self._wait(key, now) for key in keys) if wait is not None]
+        return max(waits) if waits else None
 
     def _wait(self, key: str, now: float) -> float | None:
         recent = self._failures.get(key)

@@ -58,13 +58,15 @@ class AccountsTx(TxCore):
         row = self._execute("SELECT user_name FROM api_tokens WHERE digest = ?", (digest,)).fetchone()
         return self.user(row["user_name"]) if row is not None and isinstance(row["user_name"], str) else None
 
-    def add_session(self, name: str, digest: str, *, at: datetime, expires_at: datetime) -> None:
+    def add_session(self, name: str, digest: str, *, client: str, at: datetime, expires_at: datetime) -> None:
         self._execute("DELETE FROM sessions WHERE expires_at < ?", (iso(at),))
-        self._execute("INSERT INTO sessions (digest, user_name, created_at, expires_at) VALUES (?, ?, ?, ?)",
-                      (digest, name, iso(at), iso(expires_at)))
+        self._execute("INSERT INTO sessions (digest, user_name, client, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+                      (digest, name, client, iso(at), iso(expires_at)))
 
-    def session_user(self, digest: str, *, now: datetime) -> UserRecord | None:
-        row = self._execute("SELECT user_name, expires_at FROM sessions WHERE digest = ?", (digest,)).fetchone()
+    def session_user(self, digest: str, *, client: str, now: datetime) -> UserRecord | None:
+        """The account of a live session used from the address it was opened from."""
+        row = self._execute("SELECT user_name, expires_at FROM sessions WHERE digest = ? AND client = ?",
+                            (digest, client)).fetchone()
         if row is None or not isinstance(row["user_name"], str):
             return None
         expires_at = parse_time(row["expires_at"])
@@ -97,10 +99,17 @@ class AccountsTx(TxCore):
         return [entry for entry in map(_audit_entry, rows) if entry is not None]
 
     def prune_audit(self, *, older_than: datetime, keep_at_most: int) -> int:
+        """Delete entries older than ``older_than``; past ``keep_at_most`` entries, refusals go first
+        (anyone can cause them), then the oldest."""
         removed = self._execute("DELETE FROM audit WHERE at < ?", (iso(older_than),)).rowcount
-        removed += self._execute(
-            "DELETE FROM audit WHERE id <= (SELECT id FROM audit ORDER BY id DESC LIMIT 1 OFFSET ?)",
-            (keep_at_most,)).rowcount
+        excess = int(self._execute("SELECT COUNT(*) FROM audit").fetchone()[0]) - keep_at_most
+        if excess > 0:
+            removed += self._execute(
+                "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE result = ? ORDER BY id LIMIT ?)",
+                (AuditResult.REFUSED.value, excess)).rowcount
+            removed += self._execute(
+                "DELETE FROM audit WHERE id <= (SELECT id FROM audit ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (keep_at_most,)).rowcount
         return removed
 
 

@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS api_tokens (
 CREATE TABLE IF NOT EXISTS sessions (
     digest TEXT PRIMARY KEY,            -- SHA-256 of the session id in the (signed) cookie
     user_name TEXT NOT NULL,
+    client TEXT NOT NULL,               -- the address it was opened from: used from no other
     created_at TEXT NOT NULL,
     expires_at TEXT NOT NULL
 );

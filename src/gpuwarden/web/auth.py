@@ -48,10 +48,11 @@ class CookieSigner:
         return f"{value}.{self._mac(value)}"
 
     def unsign(self, signed: str) -> str | None:
+        """The value of a cookie signed here; None for anything else (forged, truncated, not ASCII)."""
         value, _, mac = signed.rpartition(".")
-        if not value or len(signed) > 200 or not hmac.compare_digest(mac, self._mac(value)):
+        if not value or len(signed) > 200 or not signed.isascii():
             return None
-        return value
+        return value if hmac.compare_digest(mac.encode("ascii"), self._mac(value).encode("ascii")) else None
 
 
 def load_secret(path: Path) -> bytes:

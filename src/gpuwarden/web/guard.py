@@ -22,6 +22,10 @@ WILDCARD_ADDRESSES = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 - recognised
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Sec-Fetch-Site values of requests a page of gpuwarden itself (or the user, typing) can send.
 OWN_SITE_FETCHES = frozenset({"same-origin", "none"})
+# On every response: no other site may frame gpuwarden's pages (clickjacking: a click inside a frame
+# passes the cross-site check, because the frame's own origin sends it).
+SECURITY_HEADERS = ((b"x-frame-options", b"DENY"), (b"content-security-policy", b"frame-ancestors 'none'"),
+                    (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin"))
 
 
 def is_loopback(host: str) -> bool:
@@ -86,7 +90,10 @@ def cross_site_reason(method: str, headers: dict[str, str], host: str, scheme: s
     origin = headers.get("origin")
     if origin is None:
         return None
-    parts = urlsplit(origin) if origin != "null" else None
+    try:
+        parts = urlsplit(origin) if origin != "null" else None
+    except ValueError:  # "http://[" and the like
+        parts = None
     if parts is None or parts.scheme != scheme or (parts.netloc or "").lower() != host.strip().lower():
         return f"cross-site request refused (Origin: {origin[:80]})"
     return None
@@ -121,6 +128,7 @@ class RequestGuard:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
+        send = _with_security_headers(send)
         headers = _headers(scope)
         host = headers.get("host", "")
         if host_name(host) not in self.allowed_hosts:
@@ -133,3 +141,16 @@ class RequestGuard:
             await refuse(send, 403, reason)
             return
         await self.app(scope, receive, send)
+
+
+def _with_security_headers(send: Send) -> Send:
+    """``send`` that adds :data:`SECURITY_HEADERS` to the response (unless the route set them)."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            present = {name.lower() for name, _ in message.get("headers", ())}
+            extra = [(name, value) for name, value in SECURITY_HEADERS if name not in present]
+            message = {**message, "headers": [*message.get("headers", ()), *extra]}
+        await send(message)
+
+    return sending

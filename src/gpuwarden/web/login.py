@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import anyio
+import anyio.to_thread
 from fastapi import APIRouter, Form, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -20,6 +22,11 @@ from gpuwarden.web.auth import SESSION_COOKIE, CookieSigner, client_address, ses
 from gpuwarden.web.templating import templates
 
 router = APIRouter(include_in_schema=False)
+# argon2 takes 64 MiB and a good fraction of a second per check: at most this many run at once, each
+# in a worker thread, and past MAX_WAITING_LOGINS more waiting, sign-ins are turned away (503), so a
+# flood of logins can neither exhaust memory nor hold the worker threads the other routes need.
+CONCURRENT_PASSWORD_CHECKS = 2
+MAX_WAITING_LOGINS = 16
 
 
 def safe_next(target: str | None) -> str:
@@ -32,6 +39,14 @@ def safe_next(target: str | None) -> str:
 def _accounts(request: Request) -> Accounts:
     accounts: Accounts = request.app.state.accounts
     return accounts
+
+
+def _password_checks(request: Request) -> anyio.CapacityLimiter:
+    """The app's limiter, made on first use (inside the event loop, where it belongs)."""
+    limiter: anyio.CapacityLimiter | None = getattr(request.app.state, "password_checks", None)
+    if limiter is None:
+        limiter = request.app.state.password_checks = anyio.CapacityLimiter(CONCURRENT_PASSWORD_CHECKS)
+    return limiter
 
 
 def _signer(request: Request) -> CookieSigner:
@@ -64,8 +79,13 @@ async def do_login(request: Request, username: Annotated[str, Form(max_length=20
     target = safe_next(next)
     if accounts.mode is AuthMode.NONE:
         return RedirectResponse(target, status_code=303)
+    checks = _password_checks(request)
+    if checks.statistics().tasks_waiting >= MAX_WAITING_LOGINS:
+        return login_page(request, next_path=target, user_name=username, status_code=503, headers={"Retry-After": "5"},
+                          error="too many sign-ins at once: try again in a few seconds")
     try:
-        login = await run_in_threadpool(accounts.login, username.strip(), password, client_address(request.scope))
+        login = await anyio.to_thread.run_sync(accounts.login, username.strip(), password,
+                                               client_address(request.scope), limiter=checks)
     except TooManyAttempts as error:
         return login_page(request, next_path=target, user_name=username, error=str(error), status_code=429,
                           headers={"Retry-After": str(int(error.retry_after_seconds) + 1)})

@@ -3,6 +3,8 @@ unprotected."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import uvicorn
 
 from gpuwarden.accounts import build_accounts
@@ -40,4 +42,12 @@ def run_server(settings: Settings) -> None:
     app = create_app(controller)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     print(f"gpuwarden: dashboard on http://{host}:{settings.port}/  (state: {settings.state_dir})", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", **proxy_options(settings))
+
+
+def proxy_options(settings: Settings) -> dict[str, Any]:
+    """Forwarded headers (client address, https) are believed from ``trusted_proxies`` only: from
+    any other caller, even a local one, they would forge addresses in the audit trail."""
+    if not settings.trusted_proxies:
+        return {"proxy_headers": False}
+    return {"proxy_headers": True, "forwarded_allow_ips": ",".join(settings.trusted_proxies)}
