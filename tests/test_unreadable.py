@@ -26,7 +26,9 @@ FAILURES = ("fail", "garbage", "hang")
 
 
 def controller_for(tmp_path: Path, **overrides: Any) -> Controller:
-    values: dict[str, Any] = {"models": FAKE_MODELS, "unload_timeout_seconds": 3, "nvidia_smi_timeout_seconds": 1}
+    """A 1 s nvidia-smi timeout where a test makes it hang; elsewhere room for a slow start (Wine, a
+    busy CI machine), so that an answer is never taken for a hang."""
+    values: dict[str, Any] = {"models": FAKE_MODELS, "unload_timeout_seconds": 3, "nvidia_smi_timeout_seconds": 10}
     return build_controller(make_settings(tmp_path / "state", **{**values, **overrides}))
 
 
@@ -34,7 +36,7 @@ def controller_for(tmp_path: Path, **overrides: Any) -> Controller:
 def test_a_failing_nvidia_smi_is_unreadable_and_refuses_every_gpu_load(mode: str, fake_smi: FakeSmi,
                                                                        tmp_path: Path) -> None:
     fake_smi.set_mode(mode)
-    controller = controller_for(tmp_path)
+    controller = controller_for(tmp_path, nvidia_smi_timeout_seconds=1 if mode == "hang" else 10)
     status = controller.status(Freshness.NOW)
     assert status.mode is StatusMode.UNREADABLE and not status.cpu_mode and status.error
     for selection in ("0", "0,1"):
@@ -138,7 +140,7 @@ async def test_a_hung_nvidia_smi_starves_nothing(fake_smi: FakeSmi, tmp_path: Pa
 
 def test_a_gpu_load_right_after_a_failed_reading_is_refused_without_running_nvidia_smi(
         fake_smi: FakeSmi, tmp_path: Path) -> None:
-    controller = controller_for(tmp_path)
+    controller = controller_for(tmp_path, nvidia_smi_timeout_seconds=1)
     fake_smi.set_mode("hang")
     assert controller.status(Freshness.NOW).unreadable  # took the 1 s timeout once
     before, started = fake_smi.calls, time.monotonic()

@@ -16,13 +16,19 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 
 def register(name: str, mib: int, gpus: list[int]) -> None:
     procs = Path(os.environ["FAKE_SMI_DIR"]) / "procs"
     procs.mkdir(parents=True, exist_ok=True)
     path = procs / f"{os.getpid()}.json"
     temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps({"pid": os.getpid(), "name": name, "mib": mib, "gpus": gpus}), encoding="utf-8")
+    # The start time tells this process from a later one given the same PID (Windows, and Wine above
+    # all, reuse PIDs quickly), as nvidia-smi lists only processes that really hold the GPU.
+    created = psutil.Process().create_time()
+    temporary.write_text(json.dumps({"pid": os.getpid(), "created": created, "name": name, "mib": mib, "gpus": gpus}),
+                         encoding="utf-8")
     os.replace(temporary, path)
 
 

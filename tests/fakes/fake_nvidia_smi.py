@@ -19,14 +19,18 @@ from xml.sax.saxutils import escape
 import psutil
 
 
-def alive(pid: int) -> bool:
+def alive(pid: int, created: float | None = None) -> bool:
+    """Is the registered process still running (the same one: not a later process given its PID)?"""
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        process = psutil.Process(pid)
+        same = created is None or abs(process.create_time() - created) < 0.01
+        return same and process.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
 
 
 def main() -> int:
+    sys.stdout.reconfigure(encoding="utf-8")  # type: ignore[attr-defined]  # as nvidia-smi writes, on Windows too
     base = Path(os.environ["FAKE_SMI_DIR"])
     with (base / "calls").open("a") as calls:
         calls.write(f"{os.getpid()} {' '.join(sys.argv[1:])}\n")
@@ -54,7 +58,7 @@ def main() -> int:
         except ValueError:
             continue
         pid = int(info["pid"])
-        if not alive(pid):
+        if not alive(pid, info.get("created")):
             continue
         for gpu in info["gpus"]:
             if 0 <= int(gpu) < len(gpus):
