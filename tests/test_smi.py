@@ -10,7 +10,8 @@ import pytest
 
 from gpuwarden.probe import SmiSource
 from gpuwarden.probe.smi import NvidiaSmiFailed, NvidiaSmiNotFound, find_nvidia_smi, windows_candidates
-from gpuwarden.probe.users import PsutilLookup, names_match
+from gpuwarden.probe.users import DENIED, NOT_HERE, ProcessOwner, PsutilLookup, names_match, with_users
+from gpuwarden.records import GpuProcess
 from tests.conftest import UNDER_WINE, FakeSmi
 
 
@@ -103,4 +104,22 @@ def test_names_match(smi_name: str, candidates: list[str], expected: bool) -> No
 def test_user_not_claimed_for_a_pid_that_is_another_program() -> None:
     import os
 
-    assert PsutilLookup().user_of(os.getpid(), "definitely-not-this-program.exe") is None
+    owner = PsutilLookup().user_of(os.getpid(), "definitely-not-this-program.exe")
+    assert owner == ProcessOwner(None, NOT_HERE)
+
+
+def test_a_denied_owner_is_unknown_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows denies other accounts' process owners to a non-administrator: no crash, a reason."""
+    import os
+
+    import psutil
+
+    def denied(self: psutil.Process) -> str:
+        raise psutil.AccessDenied(self.pid)
+
+    monkeypatch.setattr(psutil.Process, "username", denied)
+    owner = PsutilLookup().user_of(os.getpid(), psutil.Process().name())
+    assert owner == ProcessOwner(None, DENIED)
+    processes = with_users([GpuProcess(pid=os.getpid(), name=psutil.Process().name())], PsutilLookup())
+    assert (processes[0].user, processes[0].user_unknown) == (None, DENIED)
+    assert "administrator" in DENIED or sys.platform != "win32"

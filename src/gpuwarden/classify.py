@@ -24,6 +24,7 @@ class ProcessInfo:
     used_memory_mib: int | None
     user: str | None
     model_name: str | None  # the gpuwarden model this process belongs to; None: foreign
+    user_unknown: str | None = None  # why ``user`` is None
 
     @property
     def foreign(self) -> bool:
@@ -36,6 +37,7 @@ class ProcessInfo:
             "type": self.type,
             "used_memory_mib": self.used_memory_mib,
             "user": self.user,
+            "user_unknown_reason": self.user_unknown,
             "foreign": self.foreign,
             "model_name": self.model_name,
         }
@@ -169,6 +171,7 @@ def _process_info(process: GpuProcess, placements: Sequence[PlacementView]) -> P
         type=process.type,
         used_memory_mib=process.used_memory_mib,
         user=process.user,
+        user_unknown=process.user_unknown,
         model_name=_owner(process, placements),
     )
 

@@ -66,6 +66,7 @@ class GpuProcess:
     gpu_uuid: str | None = None
     gpu_bus_id: str | None = None
     user: str | None = None  # filled from the operating system, never from nvidia-smi
+    user_unknown: str | None = None  # why ``user`` is None: access denied, not on this machine, ended
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from gpuwarden.config import RUNTIME_SETTING_RANGES, ConfigError
 from gpuwarden.errors import ControllerError
 from gpuwarden.present import duration_compact, gpu_state_label, terminal_safe
 from gpuwarden.probe.shared import Freshness
+from gpuwarden.probe.users import DENIED
 from gpuwarden.records import GpuState, ModelView, parse_selection
 
 
@@ -59,6 +60,8 @@ def format_status(document: StatusDocument) -> str:
                          f"{terminal_safe(process.user):<16} {memory:>10}  {process.type or '-':<4} {owner}")
         if gpu.state is GpuState.OCCUPIED_BY_OTHERS and not gpu.process_info:
             lines.append("       (no process listed: another container, user or vGPU guest holds the memory)")
+    if any(p.user_unknown == DENIED for gpu in document.gpus for p in gpu.process_info):
+        lines.append(f"note: users shown as '-' are unknown: {DENIED}")
     if document.unassigned_processes:
         lines.append("processes on GPUs not listed above:")
         for process in document.unassigned_processes:

@@ -9,19 +9,37 @@ from __future__ import annotations
 import contextlib
 import ntpath
 import posixpath
+import sys
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import psutil
 
 from gpuwarden.records import GpuProcess, Snapshot
 
+# Why a process's user is not shown. Windows lets an account read the owner of its own processes
+# only; other accounts' need gpuwarden to run as an administrator, or as a service under LocalSystem.
+DENIED = ("Windows denies it for other accounts' processes: run gpuwarden as an administrator (or as a"
+          " service under LocalSystem) to see it" if sys.platform == "win32"
+          else "the operating system denies it to gpuwarden's account")
+NOT_HERE = ("no process of that name has this PID here (it ended, or runs in another container or VM"
+            " guest, or this is a recording)")
+
+
+@dataclass(frozen=True)
+class ProcessOwner:
+    """Who runs a PID: the account's name, or None and why not."""
+
+    user: str | None
+    unknown_reason: str | None = None
+
 
 class ProcessLookup(Protocol):
-    """Who runs a PID (None where the OS does not show the same process)."""
+    """Who runs a PID, as the OS tells it (never a guess: a PID the OS shows as another program
+    gets no user)."""
 
-    def user_of(self, pid: int, smi_name: str) -> str | None: ...
+    def user_of(self, pid: int, smi_name: str) -> ProcessOwner: ...
 
 
 def _basename(name: str) -> str:
@@ -46,7 +64,7 @@ def names_match(smi_name: str, candidates: Iterable[str]) -> bool:
 class PsutilLookup:
     """The real lookup. Every call tolerates processes that vanish or deny access."""
 
-    def user_of(self, pid: int, smi_name: str) -> str | None:
+    def user_of(self, pid: int, smi_name: str) -> ProcessOwner:
         try:
             process = psutil.Process(pid)
             with process.oneshot():
@@ -60,21 +78,26 @@ class PsutilLookup:
                 except (psutil.AccessDenied, psutil.ZombieProcess, OSError):
                     pass
                 if not names_match(smi_name, candidates):
-                    return None
-                return process.username()
-        except (psutil.Error, OSError, ValueError):
-            return None
+                    return ProcessOwner(None, NOT_HERE)
+                return ProcessOwner(process.username())
+        except psutil.AccessDenied:
+            return ProcessOwner(None, DENIED)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            return ProcessOwner(None, NOT_HERE)
+        except (psutil.Error, OSError, ValueError) as error:
+            return ProcessOwner(None, f"the operating system could not tell ({type(error).__name__})")
 
 
 def with_users(processes: Iterable[GpuProcess], lookup: ProcessLookup) -> tuple[GpuProcess, ...]:
     """The processes with ``user`` filled in where the OS shows the same process here."""
-    cache: dict[tuple[int, str], str | None] = {}
+    cache: dict[tuple[int, str], ProcessOwner] = {}
     result = []
     for process in processes:
         key = (process.pid, process.name)
         if key not in cache:
             cache[key] = lookup.user_of(process.pid, process.name)
-        result.append(replace(process, user=cache[key]))
+        owner = cache[key]
+        result.append(replace(process, user=owner.user, user_unknown=None if owner.user else owner.unknown_reason))
     return tuple(result)
 
 
