@@ -1,4 +1,4 @@
-"""The command line: ``gpuwarden status | models | load | unload | serve``.
+"""The command line: ``gpuwarden status | models | load | unload | serve`` (and ``users``, ``audit``, ``service``).
 
 The CLI acts itself, on the same state database as a running server (one source of truth; loads
 are serialized machine-wide by the database), so it works with or without the server.
@@ -19,6 +19,7 @@ from gpuwarden import __version__
 from gpuwarden.classify import StatusDocument
 from gpuwarden.cli.common import EXIT_CONFIG, EXIT_FAILED, cli_actor, controller_for, fail, settings_for
 from gpuwarden.cli.people import audit, users
+from gpuwarden.cli.service import service
 from gpuwarden.config import RUNTIME_SETTING_RANGES, ConfigError
 from gpuwarden.errors import ControllerError
 from gpuwarden.present import duration_compact, gpu_state_label, terminal_safe
@@ -182,6 +183,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, demo: bool) ->
 
 cli.add_command(users)
 cli.add_command(audit)
+cli.add_command(service)
 
 
 def tolerant_output() -> None:
