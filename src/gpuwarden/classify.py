@@ -25,6 +25,7 @@ class ProcessInfo:
     user: str | None
     model_name: str | None  # the gpuwarden model this process belongs to; None: foreign
     user_unknown: str | None = None  # why ``user`` is None
+    used_memory_source: str | None = None  # None: the document's source; else where the value came from
 
     @property
     def foreign(self) -> bool:
@@ -36,6 +37,7 @@ class ProcessInfo:
             "process_name": self.process_name,
             "type": self.type,
             "used_memory_mib": self.used_memory_mib,
+            "used_memory_source": self.used_memory_source,
             "user": self.user,
             "user_unknown_reason": self.user_unknown,
             "foreign": self.foreign,
@@ -173,6 +175,7 @@ def _process_info(process: GpuProcess, placements: Sequence[PlacementView]) -> P
         user=process.user,
         user_unknown=process.user_unknown,
         model_name=_owner(process, placements),
+        used_memory_source=process.used_memory_source,
     )
 
 

@@ -67,6 +67,7 @@ class GpuProcess:
     gpu_bus_id: str | None = None
     user: str | None = None  # filled from the operating system, never from nvidia-smi
     user_unknown: str | None = None  # why ``user`` is None: access denied, not on this machine, ended
+    used_memory_source: str | None = None  # where used_memory_mib came from when not the snapshot's source
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ is set, else NVML if chosen, else the real nvidia-smi.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
@@ -16,6 +17,7 @@ from pathlib import Path
 from gpuwarden.config import Settings
 from gpuwarden.probe.assemble import build_snapshot, failed_snapshot
 from gpuwarden.probe.base import GpuSource, utc_now
+from gpuwarden.probe.counters import WindowsMemorySource
 from gpuwarden.probe.mock import MockSource
 from gpuwarden.probe.nvml import NvmlSource
 from gpuwarden.probe.parse import NvidiaSmiParseError, parse_output
@@ -84,6 +86,6 @@ def make_source(settings: Settings, lookup: ProcessLookup | None = None,
     lookup = lookup or PsutilLookup()
     smi = SmiSource(configured_path=settings.nvidia_smi_path, timeout_seconds=settings.nvidia_smi_timeout_seconds,
                     lookup=lookup, clock=clock)
-    if settings.gpu_source == "nvml":
-        return NvmlSource(lookup=lookup, fallback=smi, clock=clock)
-    return smi
+    source: GpuSource = NvmlSource(lookup=lookup, fallback=smi, clock=clock) if settings.gpu_source == "nvml" else smi
+    # Under WDDM nvidia-smi prints N/A for each process's memory; Windows' own counters have it.
+    return WindowsMemorySource(source) if sys.platform == "win32" else source
