@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,6 +12,7 @@ import pytest
 
 from gpuwarden.classify import classify
 from gpuwarden.probe import SmiSource, make_source
+from gpuwarden.probe.counters import WindowsMemorySource
 from gpuwarden.probe.nvml import NvmlSource
 from gpuwarden.probe.users import PsutilLookup
 from gpuwarden.records import GpuState
@@ -131,7 +133,11 @@ def test_init_once() -> None:
 
 
 def test_setting_selects_nvml_and_mock_still_wins(tmp_path: Path) -> None:
-    assert isinstance(make_source(make_settings(tmp_path, gpu_source="nvml")), NvmlSource)
+    source = make_source(make_settings(tmp_path, gpu_source="nvml"))
+    if sys.platform == "win32":  # Windows adds per-process memory from its counters (WDDM) around it
+        assert isinstance(source, WindowsMemorySource)
+        source = source.inner
+    assert isinstance(source, NvmlSource)
     assert make_source(make_settings(tmp_path, gpu_source="nvml", mock_smi_text="0, 1")).description == "mock (text)"
     with pytest.raises(Exception, match="gpu_source"):
         make_settings(tmp_path, gpu_source="magic")

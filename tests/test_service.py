@@ -34,6 +34,8 @@ CONFIG = PurePosixPath("/srv/gpu lab/gpuwarden.toml")
 def test_the_systemd_unit_keeps_models_running_and_restarts_gpuwarden() -> None:
     unit = systemd_unit(ServiceSpec("/opt/venv/bin/python", CONFIG, system=False))
     assert 'ExecStart=/opt/venv/bin/python -m gpuwarden --config "/srv/gpu lab/gpuwarden.toml" serve' in unit
+    assert "WorkingDirectory=/srv/gpu lab\n" in unit  # systemd takes this one as it is: quotes would be kept
+    assert "RestartPreventExitStatus=2" in unit  # a configuration error is not mended by restarting
     assert "KillMode=process" in unit and "Restart=on-failure" in unit and "WantedBy=default.target" in unit
     assert "User=" not in unit
     system = systemd_unit(ServiceSpec("/usr/bin/python3", CONFIG, system=True, account="gpuwarden"))
@@ -42,7 +44,7 @@ def test_the_systemd_unit_keeps_models_running_and_restarts_gpuwarden() -> None:
 
 @pytest.mark.parametrize(("word", "quoted"), [
     ("plain", "plain"), ("two words", '"two words"'), ("50%", "50%%"), ('say "hi"', '"say \\"hi\\""'),
-    ("C:\\x y", '"C:\\\\x y"'), ("", '""'),
+    ("C:\\x y", '"C:\\\\x y"'), ("", '""'), ("$HOME/x", '"$$HOME/x"'),
 ])
 def test_systemd_quoting(word: str, quoted: str) -> None:
     assert systemd_quote(word) == quoted
@@ -54,7 +56,8 @@ def test_the_task_runs_at_boot_as_local_system_without_a_time_limit() -> None:
     assert task.find(f"{TASK}Triggers/{TASK}BootTrigger") is not None
     assert task.findtext(f"{TASK}Principals/{TASK}Principal/{TASK}UserId") == "S-1-5-18"
     assert task.findtext(f"{TASK}Settings/{TASK}ExecutionTimeLimit") == "PT0S"  # the default ends it after 3 days
-    assert task.findtext(f"{TASK}Settings/{TASK}RestartOnFailure/{TASK}Count") == "999"
+    assert task.findtext(f"{TASK}Settings/{TASK}RestartOnFailure/{TASK}Count") == "255"
+    assert task.findtext(f"{TASK}Settings/{TASK}Priority") == "4"  # the default 7 is below normal, for models too
     assert task.findtext(f"{TASK}Actions/{TASK}Exec/{TASK}Command") == r"C:\Python312\python.exe"
     assert task.findtext(f"{TASK}Actions/{TASK}Exec/{TASK}Arguments") == (
         r'-m gpuwarden --config "C:\gpu & co\gpuwarden.toml" serve')
@@ -64,11 +67,30 @@ def test_the_task_runs_at_boot_as_local_system_without_a_time_limit() -> None:
     assert mine.findtext(f"{TASK}Principals/{TASK}Principal/{TASK}RunLevel") == "LeastPrivilege"
 
 
+def test_line_breaks_cannot_reach_a_service_definition() -> None:
+    with pytest.raises(ValueError, match="line break"):
+        ServiceSpec("python", PurePosixPath("/srv/x\nExecStartPre=/bin/evil/gpuwarden.toml"), system=False)
+
+
+@pytest.mark.skipif(not Path("/usr/bin/systemd-analyze").exists(), reason="systemd-analyze is not installed")
+def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
+    import subprocess
+
+    config = tmp_path / "gpu lab" / "gpuwarden.toml"
+    config.parent.mkdir()
+    config.write_text("", encoding="utf-8")
+    unit = tmp_path / "gpuwarden.service"
+    unit.write_text(systemd_unit(ServiceSpec(sys.executable, config, system=False)), encoding="utf-8")
+    done = subprocess.run(["/usr/bin/systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr  # e.g. a quoted WorkingDirectory= is "not absolute": fatal
+
+
 def test_steps_stop_at_the_first_failure_unless_it_may_fail(tmp_path: Path) -> None:
     spec = ServiceSpec("python", CONFIG, system=False)
     steps = install_steps(spec, Platform.LINUX, home=tmp_path, task_file=tmp_path / "t.xml")
     assert [s.argv for s in steps[1:]] == [("systemctl", "--user", "daemon-reload"),
-                                          ("systemctl", "--user", "enable", "--now", "gpuwarden.service")]
+                                          ("systemctl", "--user", "enable", "gpuwarden.service"),
+                                          ("systemctl", "--user", "restart", "gpuwarden.service")]
     failing = FakeServiceSystem(answer=lambda step: (1, "Failed to connect to bus") if "daemon-reload" in step.argv
                                 else (0, ""))
     results = carry_out(failing, steps)
@@ -112,7 +134,9 @@ def service_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("USERPROFILE", str(tmp_path / "home"))
     for key in [k for k in os.environ if k.startswith("GPUWARDEN_")]:
         monkeypatch.delenv(key)
-    (tmp_path / "gpuwarden.toml").write_text(f"state_dir = {json.dumps(str(tmp_path / 'state'))}\n", encoding="utf-8")
+    monkeypatch.setenv("GPUWARDEN_CONFIG", str(tmp_path / "gpuwarden.toml"))
+    (tmp_path / "gpuwarden.toml").write_text("port = 8123\n", encoding="utf-8")
+    monkeypatch.setenv("GPUWARDEN_STATE_DIR", str(tmp_path / "state"))  # seen by the CLI, not by a service
     return tmp_path
 
 
@@ -123,7 +147,7 @@ def calls(root: Path) -> list[list[str]]:
 
 
 def service(root: Path, *args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(["--config", str(root / "gpuwarden.toml"), "service", *args])
+    code = main(["service", *args])  # the configuration named by GPUWARDEN_CONFIG
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -138,13 +162,15 @@ def test_install_status_and_uninstall_end_to_end(service_env: Path, capsys: pyte
         task_file = service_env / "state" / "gpuwarden-task.xml"
         assert config in task_file.read_text(encoding="utf-16")
         assert calls(service_env) == [["/Create", "/TN", "gpuwarden", "/XML", str(task_file), "/F"],
-                                      ["/Run", "/TN", "gpuwarden"]]
+                                      ["/End", "/TN", "gpuwarden"], ["/Run", "/TN", "gpuwarden"]]
     else:
         unit = service_env / "home" / ".config" / "systemd" / "user" / "gpuwarden.service"
         assert f"--config {systemd_quote(config)} serve" in unit.read_text(encoding="utf-8")
-        assert calls(service_env) == [["--user", "daemon-reload"], ["--user", "enable", "--now", "gpuwarden.service"]]
+        assert calls(service_env) == [["--user", "daemon-reload"], ["--user", "enable", "gpuwarden.service"],
+                                      ["--user", "restart", "gpuwarden.service"]]
         assert "loginctl enable-linger" in out
     assert "installed: gpuwarden starts at your logon" in out
+    assert "does not see GPUWARDEN_STATE_DIR" in err
     code, out, _ = service(service_env, "status", capsys=capsys)
     assert code == 0 and "ok from fake" in out
     code, out, _ = service(service_env, "uninstall", capsys=capsys)
@@ -168,6 +194,8 @@ def test_a_failing_step_is_named_and_nothing_is_claimed(service_env: Path, capsy
 def test_install_refuses_what_it_cannot_do_well(service_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["--config", str(service_env / "missing.toml"), "service", "install"])
     assert code == 2 and "does not exist" in capsys.readouterr().err
+    code, _, err = service(service_env, "install", "--system", "--user", "gpuwarden", capsys=capsys)
+    assert code == 2 and "set state_dir in" in err  # the service's account would get another state database
     if sys.platform != "win32":
         code, _, err = service(service_env, "install", "--system", capsys=capsys)
         assert code == 2 and "--system needs --user ACCOUNT" in err

@@ -131,3 +131,28 @@ def test_the_pdh_reader_says_why_it_cannot_read() -> None:
         assert str(error)
     else:  # a real Windows machine with a GPU counter set
         assert all(isinstance(name, str) for name, _ in pairs)
+
+
+def test_an_integrated_gpu_is_not_taken_for_the_nvidia_one() -> None:
+    """A process on GPU 0 with 0 bytes on the NVIDIA adapter and 90 MiB on the integrated one uses
+    two adapters: nothing is learned from it, and GPU 0 (12 MiB used) stays idle."""
+    from gpuwarden.classify import classify
+    from gpuwarden.records import GpuState
+
+    snapshot = two_gpus(GpuProcess(pid=8, name="explorer.exe", gpu_index=0), used=(12, 1))
+    filled = fill_process_memory(snapshot, parse_samples([sample(8, NVIDIA, 0), sample(8, IGPU, 90)]))
+    assert filled.processes[0].used_memory_mib is None
+    assert classify(filled, 30).gpus[0].state is GpuState.IDLE
+
+
+def test_counter_values_never_make_a_gpu_busier_or_invent_a_stranger() -> None:
+    """Counters leave out the driver's own allocations: a gap to nvidia-smi's figure is no foreign
+    memory, and a counter value above it does not raise the GPU's use."""
+    from gpuwarden.classify import classify
+
+    snapshot = two_gpus(GpuProcess(pid=9, name="server.exe", gpu_index=0), used=(6200, 1))
+    filled = fill_process_memory(snapshot, parse_samples([sample(9, NVIDIA, 5800)]))
+    gpu = classify(filled, 30).gpus[0]
+    assert gpu.process_info[0].used_memory_mib == 5800
+    assert (gpu.unattributed_memory_mib, gpu.shared_with_others) == (None, False)
+    assert "6200 MiB used" in gpu.reason

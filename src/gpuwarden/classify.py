@@ -225,7 +225,9 @@ def classify_gpu(
 
 
 def _listed_mib(processes: Sequence[ProcessInfo]) -> int:
-    return sum(p.used_memory_mib or 0 for p in processes)
+    """What the listed processes hold as nvidia-smi counts it (values filled from Windows' counters
+    count differently and never make a GPU busier than nvidia-smi says)."""
+    return sum(p.used_memory_mib or 0 for p in processes if p.used_memory_source is None)
 
 
 def _in_use(used: int, processes: Sequence[ProcessInfo]) -> int:
@@ -242,7 +244,9 @@ def _used_text(used: int, processes: Sequence[ProcessInfo]) -> str:
 
 
 def _unattributed(used: int | None, processes: Sequence[ProcessInfo]) -> int | None:
-    if used is None or any(p.used_memory_mib is None for p in processes):
+    """Memory no listed process accounts for; unknown where a value is missing or came from Windows'
+    counters (which leave out the driver's own allocations, so a gap there means nothing)."""
+    if used is None or any(p.used_memory_mib is None or p.used_memory_source is not None for p in processes):
         return None
     return max(0, used - sum(p.used_memory_mib or 0 for p in processes))
 

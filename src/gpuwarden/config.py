@@ -263,6 +263,19 @@ def _format_validation_error(error: ValidationError, origin: dict[str, str], def
     return "; ".join(lines)
 
 
+def config_file(config_path: Path | None, environ: Mapping[str, str] | None = None) -> tuple[Path, bool]:
+    """The configuration file to read: ``config_path``, else ``GPUWARDEN_CONFIG``, else the default
+    location; and whether it was named (then it must exist)."""
+    env = os.environ if environ is None else environ
+    named = config_path or (Path(env[ENV_PREFIX + "CONFIG"]) if env.get(ENV_PREFIX + "CONFIG") else None)
+    return (named or default_config_path()), named is not None
+
+
+def file_settings(path: Path) -> dict[str, Any]:
+    """The settings a configuration file itself sets (ConfigError if it cannot be read)."""
+    return _read_toml(path)
+
+
 def load_settings(
     config_path: Path | None = None,
     environ: dict[str, str] | None = None,
@@ -274,11 +287,10 @@ def load_settings(
     exists. An explicitly named file that does not exist is an error.
     """
     env = dict(os.environ if environ is None else environ)
-    explicit = config_path or (Path(env[ENV_PREFIX + "CONFIG"]) if env.get(ENV_PREFIX + "CONFIG") else None)
-    path = explicit or default_config_path()
+    path, explicit = config_file(config_path, env)
     file_values: dict[str, Any] = {}
-    if explicit is not None or path.is_file():
-        if explicit is not None and not path.is_file():
+    if explicit or path.is_file():
+        if explicit and not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         file_values = _read_toml(path)
     file_origin = f"config file {path}"

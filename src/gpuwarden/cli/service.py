@@ -5,13 +5,14 @@ download). The service runs ``python -m gpuwarden --config FILE serve`` with thi
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import click
 
 from gpuwarden.cli.common import EXIT_CONFIG, EXIT_FAILED, fail, settings_for
-from gpuwarden.config import default_config_path
+from gpuwarden.config import ENV_PREFIX, Settings, config_file, file_settings
 from gpuwarden.present import terminal_safe
 from gpuwarden.probe.users import os_account
 from gpuwarden.service.plan import Platform, ServiceSpec, install_steps, status_steps, uninstall_steps
@@ -29,15 +30,25 @@ def _platform(ctx: click.Context) -> Platform:
     return platform
 
 
-def _config_file(ctx: click.Context) -> Path:
+def _config_file(ctx: click.Context, system: bool) -> Path:
     """The configuration the service will read: --config, else GPUWARDEN_CONFIG, else the default
-    file; it must exist (a service without one would run on defaults nobody chose)."""
+    file. It must exist (a service without one would run on defaults nobody chose), and for the whole
+    machine it must name its state_dir (else the service account's default would differ from the
+    CLI's, and they would not share one state database)."""
     settings_for(ctx, quiet=True)  # a bad configuration stops here, before anything is installed
     given: Path | None = ctx.obj.get("config") if ctx.obj else None
-    path = (given or default_config_path()).absolute()
+    path = config_file(given)[0].absolute()
     if not path.is_file():
         fail(ctx, f"the service needs a configuration file: {path} does not exist (pass --config FILE)",
              EXIT_CONFIG)
+    if system and "state_dir" not in file_settings(path):
+        fail(ctx, f"set state_dir in {path}: the service's account and your CLI must share one state database",
+             EXIT_CONFIG)
+    ignored = sorted(key for key in os.environ
+                     if key.upper().startswith(ENV_PREFIX) and key[len(ENV_PREFIX):].lower() in Settings.model_fields)
+    if ignored:
+        click.echo(f"gpuwarden: warning: the service does not see {', '.join(ignored)}: put those settings in {path}",
+                   err=True)
     return path
 
 
@@ -66,21 +77,25 @@ def service() -> None:
 def install(ctx: click.Context, system: bool, account: str | None) -> None:
     """Install and start the service with this configuration file and this Python."""
     platform = _platform(ctx)
-    config = _config_file(ctx)
     if platform is Platform.LINUX and system and not account:
         fail(ctx, "--system needs --user ACCOUNT: the account gpuwarden runs as (not root: it needs no privileges)",
              EXIT_CONFIG)
+    config = _config_file(ctx, system)
     if platform is Platform.WINDOWS and not system:
         account = os_account()
         if account is None:
             fail(ctx, "Windows did not tell which account this is; use --system to run as LocalSystem", EXIT_FAILED)
-    spec = ServiceSpec(python=sys.executable, config=config, system=system, account=account)
+    try:
+        spec = ServiceSpec(python=sys.executable, config=config, system=system, account=account)
+    except ValueError as error:
+        fail(ctx, error, EXIT_CONFIG)
     task_file = settings_for(ctx, quiet=True).state_dir / "gpuwarden-task.xml"
     _report(ctx, carry_out(LocalServiceSystem(), install_steps(spec, platform, home=Path.home(), task_file=task_file)),
             "install")
     click.echo(f"installed: gpuwarden starts {'at boot' if system else 'at your logon'} with {config}")
     if platform is Platform.LINUX and not system:
-        click.echo("to start it at boot before you log in: loginctl enable-linger $(id -un)")
+        click.echo("note: without lingering, systemd stops your user services, and the models they started, when you"
+                   " log out; to keep them running and start at boot: loginctl enable-linger $(id -un)")
 
 
 @service.command("uninstall")

@@ -88,13 +88,17 @@ class WindowsMemorySource:
     def description(self) -> str:
         return self._inner.description
 
+    @property
+    def inner(self) -> GpuSource:
+        return self._inner
+
     def snapshot(self) -> Snapshot:
         snapshot = self._inner.snapshot()
         if snapshot.error or all(p.used_memory_mib is not None for p in snapshot.processes):
             return snapshot
         try:
             samples = parse_samples(self._counters.read())
-        except CountersUnavailable as error:
+        except Exception as error:  # noqa: BLE001 - an optional extra must never make the GPUs unreadable
             note = f"per-process memory unknown (WDDM): Windows' GPU counters cannot be read: {error}"
             return replace(snapshot, warnings=(*snapshot.warnings, note))
         return fill_process_memory(snapshot, samples)

@@ -2,7 +2,7 @@
 
 Under the WDDM driver model (GeForce, most workstation cards on Windows) nvidia-smi and NVML print
 "N/A" for every process's memory. Windows counts it per process and adapter, as Task Manager shows:
-``\\GPU Process Memory(pid_<PID>_luid_<HIGH>_<LOW>_phys_<N>)\\Dedicated Usage`` (bytes).
+``\\GPU Process Memory(pid_<PID>_luid_0x<HIGH>_0x<LOW>_phys_<N>)\\Dedicated Usage`` (bytes).
 
 The counters name adapters by LUID, which nvidia-smi does not print, so the adapter of each GPU is
 learned from the processes themselves: a PID nvidia-smi lists on one GPU that uses one adapter ties
@@ -50,12 +50,12 @@ def parse_samples(pairs: Iterable[tuple[str, float]]) -> list[CounterSample]:
 
 
 def usage_by_process(samples: Iterable[CounterSample]) -> dict[int, dict[str, int]]:
-    """PID -> adapter LUID -> dedicated bytes (the physical parts of an adapter summed); adapters a
-    process holds no memory on are left out."""
+    """PID -> adapter LUID -> dedicated bytes (the physical parts of an adapter summed). An adapter a
+    process holds 0 bytes on is kept: the process uses it (it has a counter there)."""
     usage: dict[int, dict[str, int]] = defaultdict(dict)
     for sample in samples:
         usage[sample.pid][sample.luid] = usage[sample.pid].get(sample.luid, 0) + sample.dedicated_bytes
-    return {pid: {luid: used for luid, used in adapters.items() if used > 0} for pid, adapters in usage.items()}
+    return dict(usage)
 
 
 def adapters_of_gpus(processes: Iterable[GpuProcess], usage: Mapping[int, Mapping[str, int]]) -> dict[str, int]:
@@ -80,7 +80,8 @@ def adapters_of_gpus(processes: Iterable[GpuProcess], usage: Mapping[int, Mappin
 def plausible(adapters: Mapping[str, int], usage: Mapping[int, Mapping[str, int]],
               used_mib_of_gpu: Mapping[int, int | None]) -> dict[str, int]:
     """The adapters whose processes together hold no more than nvidia-smi says their GPU has in use
-    (with room for rounding and timing): an adapter learned wrongly (an integrated GPU) is dropped."""
+    (with room for rounding and timing only): an adapter whose memory the GPU does not show is not
+    that GPU's."""
     totals: dict[str, int] = defaultdict(int)
     for adapters_of_pid in usage.values():
         for luid, used in adapters_of_pid.items():
@@ -88,7 +89,7 @@ def plausible(adapters: Mapping[str, int], usage: Mapping[int, Mapping[str, int]
     kept = {}
     for luid, gpu in adapters.items():
         used_mib = used_mib_of_gpu.get(gpu)
-        if used_mib is not None and totals[luid] <= (used_mib * 1.05 + 256) * MIB:
+        if used_mib is not None and totals[luid] <= (used_mib * 1.02 + 16) * MIB:
             kept[luid] = gpu
     return kept
 

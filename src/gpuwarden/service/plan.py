@@ -38,6 +38,11 @@ class ServiceSpec:
     system: bool
     account: str | None = None
 
+    def __post_init__(self) -> None:
+        for text in (self.python, str(self.config), self.account or ""):
+            if "\n" in text or "\r" in text or "\0" in text:
+                raise ValueError(f"a line break in {text[:60]!r} would break the service definition")
+
     def argv(self) -> list[str]:
         return [self.python, "-m", SERVICE_NAME, "--config", str(self.config), "serve"]
 
@@ -55,8 +60,9 @@ class Step:
 
 
 def systemd_quote(word: str) -> str:
-    """One word of a systemd ``ExecStart=`` line (systemd's own quoting; ``%`` is a specifier)."""
-    word = word.replace("%", "%%")
+    """One word of a systemd ``ExecStart=`` line (systemd's own quoting; ``%`` is a specifier and
+    ``$`` a variable, even inside quotes: both are doubled)."""
+    word = word.replace("%", "%%").replace("$", "$$")
     if word and not any(ch in word for ch in ' \t"\'\\;$'):
         return word
     return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -72,9 +78,11 @@ def systemd_unit(spec: ServiceSpec) -> str:
         "[Service]\n"
         f"{user_line}"
         f"ExecStart={' '.join(systemd_quote(word) for word in spec.argv())}\n"
-        f"WorkingDirectory={systemd_quote(str(spec.config.parent))}\n"
+        f"WorkingDirectory={str(spec.config.parent).replace('%', '%%')}\n"  # taken as it is: no quotes
         "Environment=PYTHONUNBUFFERED=1\n"
         f"Restart=on-failure\nRestartSec={RESTART_SECONDS}\n"
+        "# Exit code 2 is a configuration error: restarting would not mend it.\n"
+        "RestartPreventExitStatus=2\n"
         "# Stop gpuwarden only: the models it started keep running and are adopted again at its next start.\n"
         "KillMode=process\n\n"
         "[Install]\n"
@@ -117,7 +125,8 @@ def task_xml(spec: ServiceSpec) -> str:
     <DisallowStartIfOnBatteries>false</DisallowStartIfOnBatteries>
     <StopIfGoingOnBatteries>false</StopIfGoingOnBatteries>
     <ExecutionTimeLimit>PT0S</ExecutionTimeLimit>
-    <RestartOnFailure><Interval>PT1M</Interval><Count>999</Count></RestartOnFailure>
+    <RestartOnFailure><Interval>PT1M</Interval><Count>255</Count></RestartOnFailure>
+    <Priority>4</Priority>
     <StartWhenAvailable>true</StartWhenAvailable>
   </Settings>
   <Actions Context="Author">
@@ -135,11 +144,13 @@ def install_steps(spec: ServiceSpec, platform: Platform, *, home: Path, task_fil
     if platform is Platform.WINDOWS:
         return [Step(path=task_file, text=task_xml(spec), encoding="utf-16"),
                 Step(("schtasks", "/Create", "/TN", SERVICE_NAME, "/XML", str(task_file), "/F")),
+                Step(("schtasks", "/End", "/TN", SERVICE_NAME), may_fail=True),  # a reinstall: the new one runs
                 Step(("schtasks", "/Run", "/TN", SERVICE_NAME))]
     systemctl = ("systemctl",) if spec.system else ("systemctl", "--user")
     return [Step(path=systemd_unit_path(spec, home), text=systemd_unit(spec)),
             Step((*systemctl, "daemon-reload")),
-            Step((*systemctl, "enable", "--now", SYSTEMD_UNIT))]
+            Step((*systemctl, "enable", SYSTEMD_UNIT)),
+            Step((*systemctl, "restart", SYSTEMD_UNIT))]  # a reinstall: the new one runs (models stay)
 
 
 def uninstall_steps(system: bool, platform: Platform, *, home: Path) -> list[Step]:

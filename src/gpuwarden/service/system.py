@@ -4,6 +4,8 @@ only) and write or remove the unit file. :class:`FakeServiceSystem` records inst
 
 from __future__ import annotations
 
+import codecs
+import ctypes
 import os
 import subprocess
 from collections.abc import Callable, Sequence
@@ -58,8 +60,21 @@ class LocalServiceSystem:
             return StepResult(step, 1, f"{step.argv[0]} did not finish within {COMMAND_TIMEOUT_SECONDS} s")
         except OSError as error:
             return StepResult(step, 1, f"cannot run {program}: {error.strerror or error}")
-        output = (done.stdout + done.stderr).decode("utf-8", errors="replace").strip()
+        output = (done.stdout + done.stderr).decode(console_encoding(), errors="replace").strip()
         return StepResult(step, done.returncode, output)
+
+
+def console_encoding() -> str:
+    """What console programs write: the OEM code page on Windows (schtasks), UTF-8 elsewhere."""
+    get_oem_code_page = getattr(getattr(ctypes, "windll", None), "kernel32", None)
+    if get_oem_code_page is None:
+        return "utf-8"
+    encoding = f"cp{get_oem_code_page.GetOEMCP()}"
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        return "utf-8"
+    return encoding
 
 
 @dataclass
