@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import FAKE_MODELS, UNDER_WINE, FakeSmi
+from tests.conftest import FAKE_MODELS, UNDER_WINE, FakeSmi, wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -185,11 +185,15 @@ def test_multi_gpu_selection_and_crash_shown(server: Server, fake_smi: FakeSmi, 
     expect(gpu_button(page, "gamma", "1")).to_have_text("⚡ GPU 1 (gamma)")
     expect(gpu_button(page, "alpha", "1")).to_be_disabled()
     expect(model_card(page, "gamma").locator(".model-state")).to_have_text("running", timeout=8000)
-    # The model crashes: every dashboard shows it within seconds, with its error.
-    for path in (fake_smi.dir / "procs").glob("*.json"):
-        info = json.loads(path.read_text(encoding="utf-8"))
-        if info["mib"] == 300:
-            os.kill(info["pid"], signal.SIGKILL)
+    # The model crashes: every dashboard shows it within seconds, with its error. ("running" comes from
+    # its start-up grace; wait until its processes show on the GPUs, then kill them.)
+    def gamma_pids() -> list[int]:
+        infos = [json.loads(path.read_text(encoding="utf-8")) for path in (fake_smi.dir / "procs").glob("*.json")]
+        return [info["pid"] for info in infos if info["mib"] == 300]
+
+    assert wait_for(lambda: len(gamma_pids()) == 1)  # the model (its child holds 100 MiB)
+    for pid in gamma_pids():
+        os.kill(pid, signal.SIGKILL)
     expect(model_card(page, "gamma").locator(".model-state")).to_have_text("failed", timeout=6000)
     expect(model_card(page, "gamma").locator(".failure")).to_contain_text("exit code -9")
     expect(gpu_button(page, "alpha", "1")).to_be_enabled()
