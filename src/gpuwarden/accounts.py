@@ -75,8 +75,7 @@ class Accounts:
 
     def record(self, entry: AuditEntry) -> None:
         """Write an audit entry on its own (a refusal, whose action wrote nothing). Never fails the caller."""
-        with contextlib.suppress(StateUnavailable), self._write() as tx:
-            tx.add_audit(entry, at=self.clock())
+        self.store.record_audit(entry, self.clock())
 
     def record_denial(self, entry: AuditEntry) -> None:
         """A refusal anyone can cause without an account (a failed login, a request refused at the

@@ -123,8 +123,7 @@ class Controller:
 
     def audit(self, entry: AuditEntry) -> None:
         """Record what was refused or failed (its action wrote nothing); never fails the caller."""
-        with contextlib.suppress(StoreError), self.store.exclusive() as tx:
-            tx.add_audit(entry, at=self.clock())
+        self.store.record_audit(entry, self.clock())
 
     # ----------------------------------------------------------------- status
 

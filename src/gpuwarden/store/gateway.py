@@ -11,8 +11,10 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from datetime import datetime
 from pathlib import Path
 
+from gpuwarden.people import AuditEntry
 from gpuwarden.store import schema
 from gpuwarden.store.accounts import AccountsTx
 from gpuwarden.store.base import StoreError
@@ -77,6 +79,16 @@ class Store:
     def read(self) -> AbstractContextManager[StoreTx]:
         """A read transaction (``with store.read() as tx``)."""
         return self._transaction("BEGIN")
+
+    def record_audit(self, entry: AuditEntry, at: datetime) -> bool:
+        """One audit entry in a transaction of its own (a refusal, whose action wrote nothing). An
+        audit write never fails its caller: False if the database could not take it."""
+        try:
+            with self.exclusive() as tx:
+                tx.add_audit(entry, at=at)
+        except StoreError:
+            return False
+        return True
 
     def exclusive(self) -> AbstractContextManager[StoreTx]:
         """The one write path: ``BEGIN IMMEDIATE``, one writer machine-wide at a time."""
