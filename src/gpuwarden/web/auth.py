@@ -101,9 +101,9 @@ class Authenticator:
                 await self._refuse(scope, receive, send, "invalid API token (Authorization: Bearer TOKEN)")
                 return
         elif self.accounts.mode is AuthMode.PASSWORD:
-            session_id = self.session_id(request)
-            if session_id is not None:
-                actor = await anyio.to_thread.run_sync(self.accounts.session_actor, session_id, client)
+            session = session_id(request, self.signer)
+            if session is not None:
+                actor = await anyio.to_thread.run_sync(self.accounts.session_actor, session, client)
         else:
             actor = Actor(None, admin=False, channel=Channel.WEB, client=client)
         if actor is None and not request.url.path.startswith(PUBLIC_PATH_PREFIXES):
@@ -112,9 +112,6 @@ class Authenticator:
             return
         scope.setdefault("state", {})["actor"] = actor
         await self.app(scope, receive, send)
-
-    def session_id(self, request: Request) -> str | None:
-        return session_id(request, self.signer)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, detail: str) -> None:
         request = Request(scope)
@@ -143,9 +140,15 @@ def session_id(request: Request, signer: CookieSigner) -> str | None:
     return signer.unsign(cookie) if cookie else None
 
 
+def actor_of(request: Request) -> Actor | None:
+    """The Actor the :class:`Authenticator` found; None on a public path nobody signed in to."""
+    actor: Actor | None = request.scope.get("state", {}).get("actor")
+    return actor
+
+
 def current_actor(request: Request) -> Actor:
     """The Actor the :class:`Authenticator` found (routes outside the public paths always have one)."""
-    actor: Actor | None = request.scope.get("state", {}).get("actor")
+    actor = actor_of(request)
     if actor is None:
         raise NotAuthenticated("sign in first")
     return actor

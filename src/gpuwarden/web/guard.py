@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import json
 import socket
 from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
 import anyio.to_thread
 import psutil
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LOOPBACK_HOST_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
@@ -107,14 +107,6 @@ def _headers(scope: Scope) -> dict[str, str]:
     return {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope.get("headers", ())}
 
 
-async def refuse(send: Send, status: int, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    start: Message = {"type": "http.response.start", "status": status,
-                      "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
-    await send(start)
-    await send({"type": "http.response.body", "body": body})
-
-
 class RequestGuard:
     """Refuses a Host that is not this server's (400) and a state-changing request from another
     site (403), before routing."""
@@ -132,13 +124,14 @@ class RequestGuard:
         headers = _headers(scope)
         host = headers.get("host", "")
         if host_name(host) not in self.allowed_hosts:
-            await refuse(send, 400, f"unknown host {host[:80]!r}: add it to allowed_hosts if people use this name")
+            detail = f"unknown host {host[:80]!r}: add it to allowed_hosts if people use this name"
+            await JSONResponse({"detail": detail}, status_code=400)(scope, receive, send)
             return
         reason = cross_site_reason(scope.get("method", "GET"), headers, host, scope.get("scheme", "http"))
         if reason is not None:
             if self.on_cross_site is not None:
                 await anyio.to_thread.run_sync(self.on_cross_site, scope, reason)
-            await refuse(send, 403, reason)
+            await JSONResponse({"detail": reason}, status_code=403)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 

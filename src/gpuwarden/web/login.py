@@ -15,10 +15,10 @@ from fastapi import APIRouter, Form, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from gpuwarden.accounts import Accounts
 from gpuwarden.errors import NotAuthenticated, StateUnavailable, TooManyAttempts
 from gpuwarden.people import AuthMode
-from gpuwarden.web.auth import SESSION_COOKIE, CookieSigner, client_address, session_id
+from gpuwarden.web.api import get_accounts
+from gpuwarden.web.auth import SESSION_COOKIE, CookieSigner, actor_of, client_address, session_id
 from gpuwarden.web.templating import templates
 
 router = APIRouter(include_in_schema=False)
@@ -34,11 +34,6 @@ def safe_next(target: str | None) -> str:
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target or len(target) > 2000:
         return "/"
     return target
-
-
-def _accounts(request: Request) -> Accounts:
-    accounts: Accounts = request.app.state.accounts
-    return accounts
 
 
 def _password_checks(request: Request) -> anyio.CapacityLimiter:
@@ -66,7 +61,7 @@ def login_page(request: Request, *, next_path: str, user_name: str = "", error: 
 
 @router.get("/login", response_class=HTMLResponse)
 def show_login(request: Request, next: str | None = None) -> Response:
-    if _accounts(request).mode is AuthMode.NONE or request.scope.get("state", {}).get("actor") is not None:
+    if get_accounts(request).mode is AuthMode.NONE or actor_of(request) is not None:
         return RedirectResponse(safe_next(next), status_code=303)
     return login_page(request, next_path=safe_next(next))
 
@@ -75,7 +70,7 @@ def show_login(request: Request, next: str | None = None) -> Response:
 async def do_login(request: Request, username: Annotated[str, Form(max_length=200)] = "",
                    password: Annotated[str, Form(max_length=2000)] = "",
                    next: Annotated[str, Form(max_length=2000)] = "/") -> Response:
-    accounts = _accounts(request)
+    accounts = get_accounts(request)
     target = safe_next(next)
     if accounts.mode is AuthMode.NONE:
         return RedirectResponse(target, status_code=303)
@@ -101,11 +96,11 @@ async def do_login(request: Request, username: Annotated[str, Form(max_length=20
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
-    actor = request.scope.get("state", {}).get("actor")
+    actor = actor_of(request)
     session = session_id(request, _signer(request))
     if actor is not None and session is not None:
-        await run_in_threadpool(_accounts(request).logout, session, actor)
-    response = RedirectResponse("/login" if _accounts(request).mode is AuthMode.PASSWORD else "/", status_code=303)
+        await run_in_threadpool(get_accounts(request).logout, session, actor)
+    response = RedirectResponse("/login" if get_accounts(request).mode is AuthMode.PASSWORD else "/", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
     if request.headers.get("HX-Request") == "true":
         response.headers["HX-Redirect"] = "/login"
