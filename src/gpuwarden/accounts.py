@@ -227,20 +227,22 @@ class Accounts:
         """The signed-in person of a session id from a (verified) cookie; None if it ended, expired,
         or comes from another address than the login (browsers send a host's cookies to every port
         of it, so another web server on this machine may have seen the cookie)."""
-        try:
-            with self.store.read() as tx:
-                user = tx.session_user(people.token_digest(session_id), client=client, now=self.clock())
-        except StoreError:
-            return None
-        return Actor(user.name, user.admin, Channel.WEB, client) if user else None
+        digest = people.token_digest(session_id)
+        return self._web_actor(lambda tx: tx.session_user(digest, client=client, now=self.clock()), client)
 
     def token_actor(self, token: str, client: str) -> Actor | None:
         """The account of an API token; None for an unknown or revoked one."""
         if not token.startswith(people.TOKEN_PREFIX) or len(token) > 200:
             return None
+        digest = people.token_digest(token)
+        return self._web_actor(lambda tx: tx.token_user(digest), client)
+
+    def _web_actor(self, find: Callable[[StoreTx], UserRecord | None], client: str) -> Actor | None:
+        """The account ``find`` reads, as a web caller; None if none (or the database is unusable:
+        no one is let in on a database that cannot be read)."""
         try:
             with self.store.read() as tx:
-                user = tx.token_user(people.token_digest(token))
+                user = find(tx)
         except StoreError:
             return None
         return Actor(user.name, user.admin, Channel.WEB, client) if user else None

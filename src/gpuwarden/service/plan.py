@@ -140,13 +140,18 @@ def task_xml(spec: ServiceSpec) -> str:
 """
 
 
+def _systemctl(system: bool) -> tuple[str, ...]:
+    """systemd's system manager, or the user's own."""
+    return ("systemctl",) if system else ("systemctl", "--user")
+
+
 def install_steps(spec: ServiceSpec, platform: Platform, *, home: Path, task_file: Path) -> list[Step]:
     if platform is Platform.WINDOWS:
         return [Step(path=task_file, text=task_xml(spec), encoding="utf-16"),
                 Step(("schtasks", "/Create", "/TN", SERVICE_NAME, "/XML", str(task_file), "/F")),
                 Step(("schtasks", "/End", "/TN", SERVICE_NAME), may_fail=True),  # a reinstall: the new one runs
                 Step(("schtasks", "/Run", "/TN", SERVICE_NAME))]
-    systemctl = ("systemctl",) if spec.system else ("systemctl", "--user")
+    systemctl = _systemctl(spec.system)
     return [Step(path=systemd_unit_path(spec, home), text=systemd_unit(spec)),
             Step((*systemctl, "daemon-reload")),
             Step((*systemctl, "enable", SYSTEMD_UNIT)),
@@ -158,7 +163,7 @@ def uninstall_steps(system: bool, platform: Platform, *, home: Path) -> list[Ste
     if platform is Platform.WINDOWS:
         return [Step(("schtasks", "/End", "/TN", SERVICE_NAME), may_fail=True),
                 Step(("schtasks", "/Delete", "/TN", SERVICE_NAME, "/F"))]
-    systemctl = ("systemctl",) if system else ("systemctl", "--user")
+    systemctl = _systemctl(system)
     unit = systemd_unit_path(ServiceSpec("", PurePath(), system), home)
     return [Step((*systemctl, "disable", "--now", SYSTEMD_UNIT), may_fail=True), Step(path=unit),
             Step((*systemctl, "daemon-reload"))]
@@ -167,5 +172,5 @@ def uninstall_steps(system: bool, platform: Platform, *, home: Path) -> list[Ste
 def status_steps(system: bool, platform: Platform) -> list[Step]:
     if platform is Platform.WINDOWS:
         return [Step(("schtasks", "/Query", "/TN", SERVICE_NAME, "/FO", "LIST", "/V"))]
-    systemctl = ("systemctl",) if system else ("systemctl", "--user")
+    systemctl = _systemctl(system)
     return [Step((*systemctl, "status", "--no-pager", SYSTEMD_UNIT), may_fail=True)]
