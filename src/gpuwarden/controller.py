@@ -137,7 +137,8 @@ class Controller:
 
     def _own_pids(self, record: PlacementRecord) -> frozenset[int]:
         """The launcher's tree, and the model's own tree (which outlives a killed launcher)."""
-        launcher = self.processes.tree(record.pid, record.process_start_time) if record.pid else frozenset()
+        launcher = (self.processes.tree(record.pid, record.process_start_time, log_path=record.log_file)
+                    if record.pid else frozenset())
         model = self.processes.model_process(record.log_file)
         return launcher | (self.processes.tree(*model) if model is not None else frozenset())
 
@@ -268,7 +269,8 @@ class Controller:
 
     def _stop_launched(self, launched: Launched, reservation: Reservation, error: str | None) -> None:
         """A model launched for a load that cannot be recorded: stop it, and give the load up."""
-        self.processes.stop(launched.pid, launched.start_time, self.settings.unload_timeout_seconds)
+        self.processes.stop(launched.pid, launched.start_time, self.settings.unload_timeout_seconds,
+                            log_path=reservation.log_path)
         if error is not None:
             with contextlib.suppress(StoreError), self.store.exclusive() as tx:
                 tx.finish_placement(reservation.placement_id, state=ModelState.FAILED, ended_at=self.clock(),
@@ -330,7 +332,7 @@ class Controller:
         else:
             launcher = self.processes.find_launcher(record.log_file) if record.log_file else None
         if launcher is not None:
-            self.processes.stop(*launcher, self.settings.unload_timeout_seconds)
+            self.processes.stop(*launcher, self.settings.unload_timeout_seconds, log_path=record.log_file)
         self._supervision.stop_leftovers(launcher, record)
 
     def stop_all(self) -> None:

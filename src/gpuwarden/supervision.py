@@ -58,7 +58,8 @@ class Supervision:
                 seen.outcomes.append((record, self._ended(record, at_startup)))
             elif record.state is ModelState.STOPPING and at_startup:
                 # An unload was cut off (gpuwarden killed while stopping the model): finish it.
-                self.processes.stop(record.pid, record.process_start_time, self.settings.unload_timeout_seconds)
+                self.processes.stop(record.pid, record.process_start_time, self.settings.unload_timeout_seconds,
+                                    log_path=record.log_file)
                 exit_record = self.processes.exit_record(record.log_file)
                 seen.outcomes.append((record, rules.ending(record, exit_record, at_startup=True)))
             elif record.state is ModelState.STARTING:
@@ -88,7 +89,8 @@ class Supervision:
         if spec is None or self._healthy(spec, record, elapsed_seconds):
             seen.promote.append(record)
         elif elapsed_seconds > spec.startup_timeout_seconds and record.pid is not None:
-            self.processes.stop(record.pid, record.process_start_time, self.settings.unload_timeout_seconds)
+            self.processes.stop(record.pid, record.process_start_time, self.settings.unload_timeout_seconds,
+                                log_path=record.log_file)
             seen.outcomes.append((record, rules.health_timeout(spec)))
 
     def _observe_reservation(self, record: PlacementRecord, now: datetime, seen: _Seen) -> None:
@@ -101,7 +103,7 @@ class Supervision:
             self.stop_leftovers(None, record)  # its model may have outlived the launcher
             seen.outcomes.append((record, rules.interrupted_load()))
         elif record.state is ModelState.STOPPING:
-            self.processes.stop(*found, self.settings.unload_timeout_seconds)
+            self.processes.stop(*found, self.settings.unload_timeout_seconds, log_path=record.log_file)
             self.stop_leftovers(found, record)
             seen.outcomes.append((record, (ModelState.STOPPED, None, None)))
         else:

@@ -2,7 +2,9 @@
 CUDA_VISIBLE_DEVICES (as a CUDA process would appear), then runs until stopped.
 
 Options: --mib N (memory it "uses"), --exit-after S --exit-code C, --ignore-term (must be killed),
---child (spawn a grandchild that also registers, to test whole-tree stops), --name NAME.
+--child (spawn a grandchild that also registers, to test whole-tree stops), --handoff (start the
+real model as a child and exit at once, as ``cmd /c start`` does), --name NAME. On Windows it ends
+with code 3 on Ctrl+Break (the graceful stop), unless --ignore-term.
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ def register(name: str, mib: int, gpus: list[int]) -> None:
     os.replace(temporary, path)
 
 
+def _graceful(signum: int, frame: object) -> None:
+    print("fake model got Ctrl+Break", flush=True)
+    sys.exit(3)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mib", type=int, default=500)
@@ -41,11 +48,18 @@ def main() -> int:
     parser.add_argument("--child", action="store_true")
     parser.add_argument("--gpus", default=None, help="register on these GPUs instead of CUDA_VISIBLE_DEVICES")
     parser.add_argument("--name", default="python3")
+    parser.add_argument("--handoff", action="store_true")
     options = parser.parse_args()
     visible = options.gpus if options.gpus is not None else os.environ.get("CUDA_VISIBLE_DEVICES", "")
     gpus = [int(part) for part in visible.split(",") if part.strip()]
+    if options.handoff:
+        subprocess.Popen([sys.executable, __file__, "--mib", str(options.mib), "--gpus", visible])
+        print("fake model handed off", flush=True)
+        return 0
     if options.ignore_term:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if hasattr(signal, "SIGBREAK"):
+        signal.signal(signal.SIGBREAK, signal.SIG_IGN if options.ignore_term else _graceful)
     register(options.name, options.mib, gpus)
     print(f"fake model pid {os.getpid()} on GPUs {gpus}", flush=True)
     if options.child:

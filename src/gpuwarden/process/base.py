@@ -49,21 +49,25 @@ class ProcessHost(Protocol):
         ...
 
     def leftovers(self, launcher: tuple[int, float] | None, log_path: Path | None) -> list[tuple[int, float]]:
-        """What still runs of a load whose launcher is gone or unknown: the recorded model process
-        and (POSIX) every process of the launcher's process group started after the launcher. So a
-        model behind a wrapper (``sh -c``, ``conda run``) is found too."""
+        """What still runs of a load whose launcher is gone or unknown: the recorded model process,
+        (POSIX) every process of the launcher's process group started after the launcher, and
+        (Windows) every process in the load's job object. So a model behind a wrapper (``sh -c``,
+        ``conda run``, ``cmd /c``) is found too."""
         ...
 
     def alive(self, pid: int, start_time: float | None) -> bool:
         """The same process (PID and start time) still runs and is not a zombie."""
         ...
 
-    def tree(self, pid: int, start_time: float | None) -> frozenset[int]:
-        """The PIDs of a model: its launcher and every descendant (empty if it is gone)."""
+    def tree(self, pid: int, start_time: float | None, *, log_path: Path | None = None) -> frozenset[int]:
+        """The PIDs of a model: its launcher and every descendant, and (Windows) everything in the job
+        of the load whose log is ``log_path``, whose parent may be gone (empty if it is all gone)."""
         ...
 
-    def stop(self, pid: int, start_time: float | None, timeout_seconds: float) -> None:
-        """Stop the whole tree: ask first, kill what is left after ``timeout_seconds``."""
+    def stop(self, pid: int, start_time: float | None, timeout_seconds: float, *,
+             log_path: Path | None = None) -> None:
+        """Stop the whole tree: ask first, kill what is left after ``timeout_seconds``. ``log_path``
+        names the load a launcher runs, so that (Windows) its launcher stops all of its job."""
         ...
 
     def healthy(self, url: str) -> bool:

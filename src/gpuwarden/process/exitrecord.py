@@ -15,7 +15,9 @@ from pathlib import Path
 
 EXIT_SUFFIX = ".exit.json"
 MODEL_SUFFIX = ".model.json"
+STOP_SUFFIX = ".stop.json"
 MAX_ERROR_CHARS = 1000
+MAX_STOP_TIMEOUT_SECONDS = 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,17 @@ def model_path_beside(exit_path: Path) -> Path:
     return exit_path.with_name(exit_path.name.removesuffix(EXIT_SUFFIX) + MODEL_SUFFIX)
 
 
+def stop_path_for(log_path: Path | None) -> Path | None:
+    """Where the host asks the launcher to stop its model (Windows: the launcher alone can send the
+    model's console a Ctrl+Break)."""
+    return log_path.with_suffix(STOP_SUFFIX) if log_path is not None else None
+
+
+def stop_path_beside(exit_path: Path) -> Path:
+    """The stop request that goes with the exit record ``exit_path``."""
+    return exit_path.with_name(exit_path.name.removesuffix(EXIT_SUFFIX) + STOP_SUFFIX)
+
+
 def _write_atomically(path: Path, data: dict[str, object]) -> None:
     """A temporary file, then a rename: a reader never sees half a record."""
     temporary = path.with_name(path.name + ".tmp")
@@ -52,6 +65,23 @@ def write_exit_record(path: Path, exit_code: int | None, error: str | None) -> N
 
 def write_model_record(path: Path, pid: int, start_time: float | None) -> None:
     _write_atomically(path, {"pid": pid, "start_time": start_time})
+
+
+def write_stop_request(path: Path, timeout_seconds: float) -> None:
+    """Ask the launcher to stop its model: gracefully, then forced after ``timeout_seconds``."""
+    _write_atomically(path, {"timeout_seconds": timeout_seconds})
+
+
+def read_stop_request(path: Path | None) -> float | None:
+    """The grace period a stop request gives, or None where there is no request. The file is
+    untrusted: a request that does not decode, or names no sensible grace, is a request to stop now."""
+    if path is None or not path.exists():
+        return None
+    data = _read_json(path) or {}
+    timeout = data.get("timeout_seconds")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout):
+        return 0.0
+    return min(max(float(timeout), 0.0), MAX_STOP_TIMEOUT_SECONDS)
 
 
 MAX_PID = 2**32

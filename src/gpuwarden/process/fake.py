@@ -47,6 +47,7 @@ class FakeProcessHost:
         self.launch_error: str | None = None  # the next launches fail with this message
         self.stop_exit_code = stop_exit_code  # what the launcher records for a model that was stopped
         self.stops: list[int] = []
+        self.stopped_loads: list[Path | None] = []  # the log_path each stop named (None: a lone process)
         self.reaps = 0
         self._exit_records: dict[Path, ExitRecord] = {}
         self._pids = itertools.count(first_pid)
@@ -134,15 +135,17 @@ class FakeProcessHost:
             return False
         return start_time is None or process.start_time == start_time
 
-    def tree(self, pid: int, start_time: float | None) -> frozenset[int]:
+    def tree(self, pid: int, start_time: float | None, *, log_path: Path | None = None) -> frozenset[int]:
         if not self.alive(pid, start_time):
             return frozenset()
         process = self._owner_of_model(pid) or self.processes[pid]
         model = {process.model_pid} if process.model_running else set()
         return frozenset({pid, *model, *process.children})
 
-    def stop(self, pid: int, start_time: float | None, timeout_seconds: float) -> None:
+    def stop(self, pid: int, start_time: float | None, timeout_seconds: float, *,
+             log_path: Path | None = None) -> None:
         self.stops.append(pid)
+        self.stopped_loads.append(log_path)
         if not self.alive(pid, start_time):
             return
         owner = self._owner_of_model(pid)

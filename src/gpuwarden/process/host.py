@@ -23,6 +23,7 @@ from pathlib import Path
 import psutil
 
 from gpuwarden.executables import find_on_path
+from gpuwarden.process import jobs
 from gpuwarden.process.base import Launched, LaunchError
 from gpuwarden.process.exitrecord import (
     ExitRecord,
@@ -30,10 +31,13 @@ from gpuwarden.process.exitrecord import (
     model_path_for,
     read_exit_record,
     read_model_record,
+    stop_path_for,
+    write_stop_request,
 )
 
 START_TIME_TOLERANCE_SECONDS = 0.5
 LAUNCHER_EXIT_GRACE_SECONDS = 3.0  # Windows: a launcher writes its exit record this long after its model
+FORCED_STOP_WAIT_SECONDS = 1.0
 LOG_TAIL_LINES = 20
 LOG_TAIL_BYTES = 16 * 1024
 
@@ -93,13 +97,34 @@ def _may_stop(pid: int) -> bool:
         return False
 
 
-def _detach_options() -> dict[str, object]:
+def _detach_options(breakaway_flags: int) -> dict[str, object]:
     """Start a model in its own session / process group, with no console window on Windows, so it
-    outlives the gpuwarden process (or terminal) that started it."""
+    outlives the gpuwarden process (or terminal) that started it; on Windows it also leaves the job
+    gpuwarden runs in, where that job allows it (``breakaway_flags``)."""
     if sys.platform == "win32":
-        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)}
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW | breakaway_flags}
     else:  # a platform branch, not a bare return: mypy checks each platform on its own
         return {"start_new_session": True}
+
+
+def job_members(log_path: Path | None) -> frozenset[int]:
+    """Windows: the processes in the job of the load whose log is ``log_path`` (its launcher keeps the
+    job open while any run). Empty elsewhere, or where the job is gone."""
+    job = jobs.open_job(exit_path_for(log_path)) if sys.platform == "win32" else None
+    if job is None:
+        return frozenset()
+    try:
+        return job.pids()
+    finally:
+        job.close()
+
+
+def terminate_job(log_path: Path | None) -> None:
+    """Windows: end every process in the load's job at once (also those whose parent has exited)."""
+    job = jobs.open_job(exit_path_for(log_path)) if sys.platform == "win32" else None
+    if job is not None:
+        job.terminate()
+        job.close()
 
 
 class LocalProcessHost:
@@ -109,6 +134,7 @@ class LocalProcessHost:
         self._logs_dir = logs_dir
         self._staged_stop = staged_stop
         self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._breakaway_flags: int | None = None
 
     def new_log_path(self, model_name: str) -> Path:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -126,10 +152,7 @@ class LocalProcessHost:
         assert exit_path is not None
         shim = [sys.executable, "-m", "gpuwarden.process.shim", str(exit_path), "--", program, *argv[1:]]
         try:
-            with log_path.open("ab") as log:
-                child = subprocess.Popen(shim, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         env=dict(env), cwd=str(cwd),
-                                         **_detach_options())  # type: ignore[call-overload]
+            child = self._spawn(shim, log_path, env, cwd)
         except OSError as error:
             raise LaunchError(f"model {model_name}: cannot start: {error.strerror or error}") from None
         self._children[child.pid] = child
@@ -138,6 +161,23 @@ class LocalProcessHost:
             child.poll()
             raise LaunchError(f"model {model_name}: its process ended at once; see {log_path}")
         return Launched(pid=child.pid, start_time=start_time)
+
+    def _spawn(self, shim: list[str], log_path: Path, env: Mapping[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+        """Start the launcher, out of gpuwarden's own job where that job lets it (Windows): asking to
+        leave a job that does not allow it fails, so that is asked once and then no more."""
+        if self._breakaway_flags is None:
+            self._breakaway_flags = jobs.own_standing().launch_flags
+        with log_path.open("ab") as log:
+            while True:
+                try:
+                    child: subprocess.Popen[bytes] = subprocess.Popen(
+                        shim, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=dict(env),
+                        cwd=str(cwd), **_detach_options(self._breakaway_flags))  # type: ignore[call-overload]
+                    return child
+                except PermissionError:
+                    if not self._breakaway_flags:
+                        raise
+                    self._breakaway_flags = 0
 
     def find_launcher(self, log_path: Path) -> tuple[int, float] | None:
         """The launcher's command line is ``python -m gpuwarden.process.shim <its exit record> -- ...``,
@@ -162,6 +202,10 @@ class LocalProcessHost:
             found[model[0]] = model[1]
         if launcher is not None:
             found.update(_group_members(*launcher))
+        for pid in job_members(log_path):
+            start = process_start_time(pid)
+            if start is not None:
+                found[pid] = start
         return [(pid, start) for pid, start in found.items() if _may_stop(pid)]
 
     def alive(self, pid: int, start_time: float | None) -> bool:
@@ -173,18 +217,21 @@ class LocalProcessHost:
         except (psutil.Error, OSError, ValueError):
             return False
 
-    def tree(self, pid: int, start_time: float | None) -> frozenset[int]:
+    def tree(self, pid: int, start_time: float | None, *, log_path: Path | None = None) -> frozenset[int]:
+        members = job_members(log_path)
         if not self.alive(pid, start_time):
-            return frozenset()
+            return members
         try:
             root = psutil.Process(pid)
-            return frozenset([pid, *(child.pid for child in root.children(recursive=True))])
+            return members | frozenset([pid, *(child.pid for child in root.children(recursive=True))])
         except (psutil.Error, OSError):
-            return frozenset()
+            return members
 
-    def stop(self, pid: int, start_time: float | None, timeout_seconds: float) -> None:
-        """Graceful first (SIGTERM; on Windows TerminateProcess is all there is for a detached
-        console-less process), forced (kill) after ``timeout_seconds``."""
+    def stop(self, pid: int, start_time: float | None, timeout_seconds: float, *,
+             log_path: Path | None = None) -> None:
+        """Graceful first, forced after ``timeout_seconds``: SIGTERM to the tree, then SIGKILL. On
+        Windows (staged) the launcher is asked to stop its model (Ctrl+Break, then the job terminated)
+        and exits by itself once it has written its exit record; only a launcher that does not is forced."""
         if not self.alive(pid, start_time):
             return
         try:
@@ -195,13 +242,29 @@ class LocalProcessHost:
         if not self._staged_stop:
             _terminate([*children, root], timeout_seconds)
             return
-        # Windows: TerminateProcess gives no chance to clean up. Stop the model's processes first, then
-        # let the launcher write its exit record and exit by itself; only then is it terminated.
-        _terminate(children, timeout_seconds)
+        if self._launcher_stopped(root, log_path, timeout_seconds):
+            return
+        terminate_job(log_path)
+        _terminate(children, FORCED_STOP_WAIT_SECONDS if log_path else timeout_seconds)
         try:
             root.wait(timeout=LAUNCHER_EXIT_GRACE_SECONDS)
         except (psutil.Error, OSError):
-            _terminate([root], timeout_seconds)
+            _terminate([root], FORCED_STOP_WAIT_SECONDS)
+
+    def _launcher_stopped(self, root: psutil.Process, log_path: Path | None, timeout_seconds: float) -> bool:
+        """Ask the launcher to stop its model, and wait for it to end: did it?"""
+        stop_path = stop_path_for(log_path)
+        if stop_path is None:
+            return False
+        try:
+            write_stop_request(stop_path, timeout_seconds)
+            root.wait(timeout=timeout_seconds + LAUNCHER_EXIT_GRACE_SECONDS)
+            return True
+        except (psutil.Error, OSError):
+            return False
+        finally:
+            with contextlib.suppress(OSError):
+                stop_path.unlink(missing_ok=True)
 
     def healthy(self, url: str, timeout_seconds: float = 2.0) -> bool:
         if not url.startswith(("http://", "https://")):

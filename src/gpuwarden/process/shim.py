@@ -4,6 +4,11 @@ It starts the model's command, waits for it and writes the exit code to EXIT_FIL
 learns how a model ended even when gpuwarden itself was not running at the time (it was
 restarted, or the model was loaded from the CLI). A stop request (SIGTERM, CTRL_BREAK) is passed
 on to the model.
+
+On Windows the model runs in a job object of its own (:mod:`gpuwarden.process.jobs`), and the load
+lasts while anything in that job runs. There the host asks for a stop with a request file beside
+EXIT_FILE: the launcher sends the model's process group a Ctrl+Break (it shares the model's hidden
+console; gpuwarden does not) and terminates the job once the request's grace period is over.
 """
 
 from __future__ import annotations
@@ -13,10 +18,20 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-from gpuwarden.process.exitrecord import model_path_beside, write_exit_record, write_model_record
+from gpuwarden.process import jobs
+from gpuwarden.process.exitrecord import (
+    model_path_beside,
+    read_stop_request,
+    stop_path_beside,
+    write_exit_record,
+    write_model_record,
+)
+
+POLL_SECONDS = 0.5
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -63,28 +78,64 @@ def main(argv: list[str]) -> int:
         return 2
     exit_file = Path(argv[0])
     command = argv[2:]
+    job = _new_job(exit_file)
     try:
-        child = subprocess.Popen(command, preexec_fn=_die_with_launcher(), creationflags=_child_flags())
+        child = subprocess.Popen(command, preexec_fn=_die_with_launcher(), creationflags=_child_flags(job))
     except (OSError, subprocess.SubprocessError) as error:
         message = f"cannot start {command[0]!r}: {getattr(error, 'strerror', None) or error}"
-        print(f"gpuwarden: {message}", file=sys.stderr, flush=True)
+        _say(message)
         write_exit_record(exit_file, 127, message)
         return 127
+    job = _contain(job, child)
     with contextlib.suppress(OSError):
         write_model_record(model_path_beside(exit_file), child.pid, _start_time(child.pid))
     for name in ("SIGTERM", "SIGINT", "SIGBREAK", "SIGHUP"):
         if hasattr(signal, name):
             with contextlib.suppress(OSError, ValueError):
                 signal.signal(getattr(signal, name), lambda signum, frame: _forward(child, signum))
-    code = _wait(child)
-    print(f"gpuwarden: model process exited with code {code}", file=sys.stderr, flush=True)
+    code = _Watch(child, job, stop_path_beside(exit_file)).run()
     write_exit_record(exit_file, code, None)
+    with contextlib.suppress(OSError):
+        stop_path_beside(exit_file).unlink(missing_ok=True)
     return 0
 
 
-def _child_flags() -> int:
-    """Windows: the model gets a process group of its own, so CTRL_BREAK_EVENT can be sent to it."""
-    return getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0) if sys.platform == "win32" else 0
+def _say(message: str) -> None:
+    print(f"gpuwarden: {message}", file=sys.stderr, flush=True)
+
+
+def _new_job(exit_file: Path) -> jobs.Job | None:
+    """Windows: the job the model will run in. Without one the model still runs, stopped by a walk of
+    its process tree as on other systems, and the log says why."""
+    if sys.platform == "win32":
+        try:
+            return jobs.create_job(exit_file)
+        except OSError as error:
+            _say(f"the model runs without a job object ({error.strerror or error}); an unload stops the"
+                 " processes it can still find")
+    return None
+
+
+def _contain(job: jobs.Job | None, child: subprocess.Popen[bytes]) -> jobs.Job | None:
+    """Put the model (started suspended) in its job, and let it run."""
+    if job is None:
+        return None
+    try:
+        job.adopt(child.pid)
+    except OSError as error:
+        _say(f"the model runs without a job object ({error.strerror or error})")
+        job.close()
+        return None
+    return job
+
+
+def _child_flags(job: jobs.Job | None) -> int:
+    """Windows: the model gets a process group of its own, so CTRL_BREAK_EVENT can be sent to it; it
+    starts suspended when it goes into a job, so that it starts nothing outside the job."""
+    if sys.platform == "win32":
+        return subprocess.CREATE_NEW_PROCESS_GROUP | (jobs.CREATE_SUSPENDED if job is not None else 0)
+    else:  # a platform branch, not a bare return: mypy checks each platform on its own
+        return 0
 
 
 def _forward(child: subprocess.Popen[bytes], signum: int) -> None:
@@ -99,14 +150,63 @@ def _forward(child: subprocess.Popen[bytes], signum: int) -> None:
             child.send_signal(getattr(signal, "CTRL_BREAK_EVENT", signal.SIGTERM))
 
 
-def _wait(child: subprocess.Popen[bytes]) -> int:
-    """Wait in short steps: on Windows a signal handler runs only between them, so a stop request is
-    passed on at once instead of after the model has ended by itself."""
-    while True:
+class _Watch:
+    """Wait for the model in short steps (on Windows a signal handler runs only between them), and
+    carry out the host's stop request: a graceful request first, then forced after its grace."""
+
+    def __init__(self, child: subprocess.Popen[bytes], job: jobs.Job | None, stop_path: Path) -> None:
+        self.child = child
+        self.job = job
+        self.stop_path = stop_path
+        self.code: int | None = None
+        self.deadline: float | None = None
+
+    def run(self) -> int:
+        """The model's exit code, once the model and (Windows) everything in its job have ended."""
+        while True:
+            if self.code is None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.code = self.child.wait(timeout=POLL_SECONDS)
+                    self._ended()
+            elif self.job is None or self.job.active_processes() == 0:
+                return self.code
+            else:
+                time.sleep(POLL_SECONDS)
+            self._follow_stop_request()
+
+    def _ended(self) -> None:
+        _say(f"model process exited with code {self.code}")
+        if self.job is not None and self.job.active_processes():
+            _say(f"{self.job.active_processes()} process(es) it started still run; the load ends when they do")
+
+    def _follow_stop_request(self) -> None:
+        if self.deadline is None:
+            grace_seconds = read_stop_request(self.stop_path)
+            if grace_seconds is None:
+                return
+            _say(f"stop requested (forced after {grace_seconds:g} s)")
+            self.deadline = time.monotonic() + (grace_seconds if self._ask_to_stop() else 0.0)
+        if time.monotonic() >= self.deadline:
+            self._force()
+
+    def _ask_to_stop(self) -> bool:
+        """Windows: Ctrl+Break to the model's process group; elsewhere SIGTERM. False: not delivered."""
         try:
-            return child.wait(timeout=0.5)
-        except subprocess.TimeoutExpired:
-            continue
+            if sys.platform == "win32":  # to the group: its leader may have exited, its members not
+                os.kill(self.child.pid, signal.CTRL_BREAK_EVENT)
+            else:
+                self.child.send_signal(signal.SIGTERM)
+        except (OSError, ValueError) as error:
+            _say(f"cannot ask the model to stop ({error}); stopping it now")
+            return False
+        return True
+
+    def _force(self) -> None:
+        if self.job is not None:
+            self.job.terminate()
+        elif self.code is None:
+            with contextlib.suppress(OSError):
+                self.child.kill()
 
 
 if __name__ == "__main__":

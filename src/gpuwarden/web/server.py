@@ -12,6 +12,7 @@ from gpuwarden.config import ConfigError, Settings
 from gpuwarden.controller import build_controller
 from gpuwarden.errors import StateUnavailable
 from gpuwarden.people import AuthMode
+from gpuwarden.process.jobs import JobStanding, own_standing
 from gpuwarden.web.app import create_app, exposure_refusal
 from gpuwarden.web.guard import is_loopback
 
@@ -19,12 +20,15 @@ OPEN_ON_LOOPBACK = ("auth = \"none\": every account on this machine can load and
                     " gpuwarden. For accounts: gpuwarden users add NAME --admin, then auth = \"password\".")
 
 
-def start_notes(settings: Settings) -> list[str]:
-    """What ``serve`` must say before it listens; ConfigError if it must not listen at all."""
+def start_notes(settings: Settings, standing: JobStanding | None = None) -> list[str]:
+    """What ``serve`` must say before it listens; ConfigError if it must not listen at all.
+    ``standing``: the Windows job gpuwarden runs in (read here when not given)."""
+    containment = (standing or own_standing()).note()
+    notes = [containment] if containment else []
     if settings.auth is AuthMode.NONE:
         if not is_loopback(settings.host):
             raise ConfigError(exposure_refusal(settings.host))
-        return [OPEN_ON_LOOPBACK]
+        return [*notes, OPEN_ON_LOOPBACK]
     try:
         accounts = build_accounts(settings).users()
     except StateUnavailable as error:
@@ -32,7 +36,7 @@ def start_notes(settings: Settings) -> list[str]:
     if not any(user.admin for user in accounts):
         raise ConfigError("auth = \"password\" but no admin account exists, so nobody could sign in and manage"
                           " gpuwarden: add one with gpuwarden users add NAME --admin")
-    return []
+    return notes
 
 
 def run_server(settings: Settings) -> None:
