@@ -58,7 +58,7 @@ def test_occupied_gpu_lists_processes_with_users() -> None:
     assert document.to_dict()["gpu_status"][1]["process_info"] == [
         {"pid": 5678, "process_name": "python.exe", "type": "C", "used_memory_mib": 363, "used_memory_source": None,
          "user": "bob",
-         "user_unknown_reason": None, "foreign": True, "model_name": None}]
+         "user_unknown_reason": None, "foreign": True, "desktop": False, "model_name": None}]
     denied = (GpuProcess(pid=9, name="x.exe", gpu_index=1, user_unknown="Windows denies it"),)
     info = classify(snapshot(1, 363, processes=denied), 30).to_dict()["gpu_status"][1]["process_info"][0]
     assert (info["user"], info["user_unknown_reason"]) == (None, "Windows denies it")

@@ -86,7 +86,7 @@ def test_every_setting_is_documented_in_the_readme() -> None:
 
 
 def test_runtime_settings_are_one_value_and_ignore_bad_saved_values() -> None:
-    from gpuwarden.config import RuntimeSettings
+    from gpuwarden.runtime import RuntimeSettings
 
     base = RuntimeSettings.from_settings(load_settings(None, environ={}))
     assert base.to_dict() == {"memory_threshold_mib": 30, "refresh_interval_seconds": 300}

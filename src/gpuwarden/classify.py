@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from gpuwarden.desktop import NO_DESKTOP, DesktopRule, base_name
 from gpuwarden.records import GpuProcess, GpuReading, GpuState, PlacementView, Snapshot, StatusMode
 
 CPU_INDEX = "CPU"
@@ -26,10 +27,16 @@ class ProcessInfo:
     model_name: str | None  # the gpuwarden model this process belongs to; None: foreign
     user_unknown: str | None = None  # why ``user`` is None
     used_memory_source: str | None = None  # None: the document's source; else where the value came from
+    desktop: bool = False  # the desktop's (``desktop_processes``): shown, never "someone else"
 
     @property
     def foreign(self) -> bool:
         return self.model_name is None
+
+    @property
+    def someone_elses(self) -> bool:
+        """Makes a GPU busy: not a gpuwarden model's, and not the desktop's."""
+        return self.model_name is None and not self.desktop
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -41,6 +48,7 @@ class ProcessInfo:
             "user": self.user,
             "user_unknown_reason": self.user_unknown,
             "foreign": self.foreign,
+            "desktop": self.desktop,
             "model_name": self.model_name,
         }
 
@@ -65,6 +73,8 @@ class GpuStatus:
     # A model runs here and someone else uses the GPU too (a foreign process, or unattributed
     # memory above the threshold): the dashboard warns with ``reason``.
     shared_with_others: bool = False
+    # What the desktop's processes hold (not counted as use); None: no desktop process here.
+    desktop_memory_mib: int | None = None
 
     @property
     def model_name(self) -> str | None:
@@ -91,6 +101,7 @@ class GpuStatus:
             "loadable": self.loadable,
             "reason": self.reason,
             "unattributed_memory_mib": self.unattributed_memory_mib,
+            "desktop_memory_mib": self.desktop_memory_mib,
             "process_info": [p.to_dict() for p in self.process_info],
         }
 
@@ -166,7 +177,8 @@ def _owner(process: GpuProcess, placements: Sequence[PlacementView]) -> str | No
     return None
 
 
-def _process_info(process: GpuProcess, placements: Sequence[PlacementView]) -> ProcessInfo:
+def _process_info(process: GpuProcess, placements: Sequence[PlacementView], desktop: DesktopRule) -> ProcessInfo:
+    model_name = _owner(process, placements)
     return ProcessInfo(
         pid=process.pid,
         process_name=process.name,
@@ -174,8 +186,9 @@ def _process_info(process: GpuProcess, placements: Sequence[PlacementView]) -> P
         used_memory_mib=process.used_memory_mib,
         user=process.user,
         user_unknown=process.user_unknown,
-        model_name=_owner(process, placements),
+        model_name=model_name,
         used_memory_source=process.used_memory_source,
+        desktop=model_name is None and desktop.matches(process.name, process.type),
     )
 
 
@@ -193,35 +206,62 @@ def classify_gpu(
     processes: Sequence[GpuProcess],
     threshold_mib: int,
     placements: Sequence[PlacementView],
+    desktop: DesktopRule = NO_DESKTOP,
 ) -> GpuStatus:
     """One GPU. Memory used strictly above ``threshold_mib`` is in use; a GPU where gpuwarden
-    placed a model is ``model_loaded`` whatever its memory (a starting model may hold little)."""
-    infos = tuple(_process_info(p, placements) for p in processes)
+    placed a model is ``model_loaded`` whatever its memory (a starting model may hold little). What
+    the desktop's processes hold is shown and not counted."""
+    infos = tuple(_process_info(p, placements, desktop) for p in processes)
     models = tuple(p.model_name for p in placements if gpu.index in p.gpu_indexes)
     used = gpu.memory_used_mib
     unattributed = _unattributed(used, infos)
+    desktop_mib = _desktop_mib(used, infos)
     shared = False
     if models:
         state = GpuState.MODEL_LOADED
         reason = f"model {', '.join(models)} loaded by gpuwarden"
-        foreign = tuple(p for p in infos if p.foreign)
-        if foreign:
-            reason += f"; also used by others: {_describe(foreign)}"
+        others = tuple(p for p in infos if p.someone_elses)
+        if others:
+            reason += f"; also used by others: {_describe(others)}"
         if unattributed is not None and unattributed > threshold_mib:
             reason += f"; {unattributed} MiB used by no listed process (someone else's container?)"
-        shared = bool(foreign) or (unattributed is not None and unattributed > threshold_mib)
+        shared = bool(others) or (unattributed is not None and unattributed > threshold_mib)
     elif used is None:
         state, reason = GpuState.UNAVAILABLE, "memory use unreadable (GPU lost or not supported): not safe to load"
-    elif _in_use(used, infos) > threshold_mib:
+    elif _in_use(used, infos) - (desktop_mib or 0) > threshold_mib:
         state = GpuState.OCCUPIED_BY_OTHERS
-        reason = f"occupied by someone else: {_used_text(used, infos)} > {threshold_mib} MiB; {_describe(infos)}"
+        others = tuple(p for p in infos if not p.desktop)
+        reason = (f"occupied by someone else: {_used_text(used, infos, desktop_mib)} > {threshold_mib} MiB; "
+                  f"{_describe(others)}")
     else:
-        state, reason = GpuState.IDLE, f"idle: {used} MiB used <= {threshold_mib} MiB"
+        state, reason = GpuState.IDLE, _idle_reason(used, infos, desktop_mib, threshold_mib)
     return GpuStatus(
         index=gpu.index, name=gpu.name, uuid=gpu.uuid, bus_id=gpu.bus_id, memory_used_mib=used,
         memory_total_mib=gpu.memory_total_mib, state=state, model_names=models,
         select_enabled=state in (GpuState.IDLE, GpuState.MODEL_LOADED), loadable=state is GpuState.IDLE,
-        process_info=infos, reason=reason, unattributed_memory_mib=unattributed, shared_with_others=shared)
+        process_info=infos, reason=reason, unattributed_memory_mib=unattributed, shared_with_others=shared,
+        desktop_memory_mib=desktop_mib)
+
+
+def _desktop_mib(used: int | None, processes: Sequence[ProcessInfo]) -> int | None:
+    """What the desktop's processes hold (None: there are none). Where their figures are missing
+    (Windows WDDM prints N/A) and nothing else is listed, the desktop holds all that is used: it is
+    all there is. With anything else listed, only figures that are known count."""
+    desktop = [p for p in processes if p.desktop]
+    if not desktop:
+        return None
+    if used is not None and len(desktop) == len(processes) and any(p.used_memory_mib is None for p in desktop):
+        return used
+    return sum(p.used_memory_mib or 0 for p in desktop)
+
+
+def _idle_reason(used: int, processes: Sequence[ProcessInfo], desktop_mib: int | None, threshold_mib: int) -> str:
+    if desktop_mib is None:
+        return f"idle: {used} MiB used <= {threshold_mib} MiB"
+    names = sorted({base_name(p.process_name) or p.process_name for p in processes if p.desktop})
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    rest = max(0, _in_use(used, processes) - desktop_mib)
+    return f"idle: desktop {desktop_mib} MiB ({shown}) not counted; {rest} MiB other use <= {threshold_mib} MiB"
 
 
 def _listed_mib(processes: Sequence[ProcessInfo]) -> int:
@@ -236,11 +276,15 @@ def _in_use(used: int, processes: Sequence[ProcessInfo]) -> int:
     return max(used, _listed_mib(processes))
 
 
-def _used_text(used: int, processes: Sequence[ProcessInfo]) -> str:
+def _used_text(used: int, processes: Sequence[ProcessInfo], desktop_mib: int | None = None) -> str:
     listed = _listed_mib(processes)
     if listed > used:
-        return f"its processes hold {listed} MiB (nvidia-smi reports {used} MiB used)"
-    return f"{used} MiB used"
+        text = f"its processes hold {listed} MiB (nvidia-smi reports {used} MiB used)"
+    else:
+        text = f"{used} MiB used"
+    if desktop_mib:
+        text += f", {max(0, max(used, listed) - desktop_mib)} MiB of it not the desktop's"
+    return text
 
 
 def _unattributed(used: int | None, processes: Sequence[ProcessInfo]) -> int | None:
@@ -264,13 +308,14 @@ def unreadable_gpu(gpu: GpuReading, reason: str, placements: Sequence[PlacementV
         loadable=False, process_info=(), reason=reason)
 
 
-def classify(snapshot: Snapshot, threshold_mib: int, placements: Sequence[PlacementView] = ()) -> StatusDocument:
+def classify(snapshot: Snapshot, threshold_mib: int, placements: Sequence[PlacementView] = (),
+             desktop: DesktopRule = NO_DESKTOP) -> StatusDocument:
     """The status document for ``snapshot``: GPU mode; CPU mode (no NVIDIA GPU here, reason in
     ``error``); or unreadable (the GPUs could not be read: the last known ones, none loadable)."""
     error = snapshot.error
     if snapshot.gpus:
         mode = StatusMode.GPU
-        gpus = tuple(classify_gpu(gpu, snapshot.processes_on(gpu.index), threshold_mib, placements)
+        gpus = tuple(classify_gpu(gpu, snapshot.processes_on(gpu.index), threshold_mib, placements, desktop)
                      for gpu in snapshot.gpus)
     elif snapshot.unreadable:
         mode = StatusMode.UNREADABLE
@@ -287,7 +332,7 @@ def classify(snapshot: Snapshot, threshold_mib: int, placements: Sequence[Placem
         checked_at=snapshot.taken_at,
         source=snapshot.source,
         gpus=gpus,
-        unassigned_processes=tuple(_process_info(p, placements) for p in snapshot.unassigned_processes),
+        unassigned_processes=tuple(_process_info(p, placements, desktop) for p in snapshot.unassigned_processes),
         processes_listed=snapshot.lists_processes,
         last_good_at=snapshot.last_good_at if mode is StatusMode.UNREADABLE else None,
     )

@@ -14,21 +14,18 @@ import re
 import sys
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, TypeGuard
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from gpuwarden.desktop import DEFAULT_DESKTOP_PROCESSES
+from gpuwarden.desktop import MAX_NAME_CHARS as MAX_PROGRAM_NAME_CHARS
 from gpuwarden.people import AuthMode
+from gpuwarden.runtime import RUNTIME_SETTING_RANGES
 
 ENV_PREFIX = "GPUWARDEN_"
-# The settings users may change at run time (dashboard, PUT /api/settings), with their bounds.
-RUNTIME_SETTING_RANGES: dict[str, tuple[int, int]] = {
-    "memory_threshold_mib": (0, 10_000_000),
-    "refresh_interval_seconds": (1, 86_400),
-}
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # The placeholders a model's command, env and health URL may use (filled in by gpuwarden.launch).
 PLACEHOLDERS = ("port", "gpus", "model", "python")
@@ -160,6 +157,11 @@ class Settings(BaseSettings):
         default=168.0, gt=0, le=8760, description="How long a dashboard login lasts.")
     audit_retention_days: int = Field(
         default=365, ge=1, le=36500, description="Audit entries older than this are deleted.")
+    desktop_processes: tuple[str, ...] = Field(
+        default=DEFAULT_DESKTOP_PROCESSES, description="Programs of the desktop (window manager, shell, X server) "
+        "whose GPU memory is shown but does not make a GPU occupied by someone else, so a display GPU stays "
+        "loadable; names without folder, case-insensitive, '.exe' optional. A compute-only (CUDA) process never "
+        "counts as desktop. [] counts every process.")
     models: tuple[ModelConfig, ...] = Field(default=(), description="The models users can load ([[models]]).")
     _notes: tuple[str, ...] = PrivateAttr(default=())
 
@@ -169,7 +171,7 @@ class Settings(BaseSettings):
         """Absolute, so model logs and launcher records are found from any working directory."""
         return value.expanduser().absolute()
 
-    @field_validator("allowed_hosts", "trusted_proxies", mode="before")
+    @field_validator("allowed_hosts", "trusted_proxies", "desktop_processes", mode="before")
     @classmethod
     def _host_list(cls, value: object) -> object:
         if isinstance(value, str):  # GPUWARDEN_ALLOWED_HOSTS=gpu-box,gpu-box.lab
@@ -183,6 +185,16 @@ class Settings(BaseSettings):
             if not re.match(r"^[A-Za-z0-9.:_\-\[\]]{1,253}$", host) or host == "*":
                 raise ValueError(f"{host[:60]!r} is not a host name or address (no wildcards, no ports)")
         return tuple(host.strip("[]").lower().rstrip(".") for host in value)
+
+    @field_validator("desktop_processes")
+    @classmethod
+    def _program_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not name.strip() or len(name) > MAX_PROGRAM_NAME_CHARS or not name.isprintable() or "/" in name \
+                    or "\\" in name:
+                raise ValueError(f"{name[:60]!r} is not a program name (no folder, at most "
+                                 f"{MAX_PROGRAM_NAME_CHARS} printable characters)")
+        return tuple(name.strip() for name in value)
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -348,48 +360,6 @@ def _paths_from(file_values: dict[str, Any], folder: Path) -> dict[str, Any]:
             if isinstance(model, dict) and isinstance(model.get("cwd"), str) and model["cwd"] else model
             for model in values["models"]]
     return values
-
-
-def runtime_setting_in_range(value: object, key: str) -> TypeGuard[int]:
-    """Is ``value`` a valid value for the run-time setting ``key``?"""
-    low, high = RUNTIME_SETTING_RANGES[key]
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-
-
-@dataclass(frozen=True)
-class RuntimeSettings:
-    """The settings users change while gpuwarden runs (dashboard, ``PUT /api/settings``), saved in
-    the state database. One immutable value: a change builds a new one, swapped in whole."""
-
-    memory_threshold_mib: int
-    refresh_interval_seconds: int
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> RuntimeSettings:
-        return cls(settings.memory_threshold_mib, settings.refresh_interval_seconds)
-
-    def updated(self, values: Mapping[str, object]) -> RuntimeSettings:
-        """These settings with the valid ``values`` applied; unknown keys and values out of range
-        (from an untrusted database, say) are ignored: see :meth:`invalid` to refuse them instead."""
-        valid = {key: value for key, value in values.items()
-                 if isinstance(value, int) and not self.invalid({key: value})}
-        return replace(self, **valid)
-
-    @staticmethod
-    def invalid(values: Mapping[str, object]) -> list[str]:
-        """A sentence for each key that is unknown or whose value is out of its range."""
-        problems = []
-        for key, value in values.items():
-            if key not in RUNTIME_SETTING_RANGES:
-                problems.append(f"unknown run-time setting {key[:40]!r}")
-            elif not runtime_setting_in_range(value, key):
-                low, high = RUNTIME_SETTING_RANGES[key]
-                problems.append(f"{key} must be a whole number from {low} to {high}")
-        return problems
-
-    def to_dict(self) -> dict[str, int]:
-        return {"memory_threshold_mib": self.memory_threshold_mib,
-                "refresh_interval_seconds": self.refresh_interval_seconds}
 
 
 def documented_settings() -> dict[str, str]:

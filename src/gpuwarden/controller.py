@@ -20,7 +20,8 @@ from pathlib import Path
 
 from gpuwarden import rules
 from gpuwarden.classify import StatusDocument, classify
-from gpuwarden.config import ModelConfig, RuntimeSettings, Settings
+from gpuwarden.config import ModelConfig, Settings
+from gpuwarden.desktop import DesktopRule
 from gpuwarden.errors import (
     ControllerError,
     InvalidSetting,
@@ -37,6 +38,7 @@ from gpuwarden.probe.base import GpuSource, utc_now
 from gpuwarden.probe.shared import FAILURE_GAP_SECONDS, Freshness, SharedSource
 from gpuwarden.process import Launched, LaunchError, ProcessHost
 from gpuwarden.records import ModelState, ModelView, PlacementRecord, PlacementView, Selection, Snapshot
+from gpuwarden.runtime import RuntimeSettings
 from gpuwarden.store import STATE_DATABASE, Store, StoreError
 from gpuwarden.supervision import Supervision
 
@@ -65,6 +67,7 @@ class Controller:
         self.processes = processes
         self.clock = clock
         self._runtime = RuntimeSettings.from_settings(settings)
+        self.desktop = DesktopRule.of(settings.desktop_processes)
         self._runtime_lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._changes = threading.Lock()
@@ -153,9 +156,9 @@ class Controller:
             with self.store.read() as tx:
                 records = tx.active_placements()
         except StoreError as error:
-            document = classify(snapshot, threshold, ())
+            document = classify(snapshot, threshold, (), self.desktop)
             return replace(document, warnings=(*document.warnings, f"model placements unknown: {error}"))
-        return classify(snapshot, threshold, self.placement_views(records))
+        return classify(snapshot, threshold, self.placement_views(records), self.desktop)
 
     # ----------------------------------------------------------------- models
 
@@ -210,7 +213,7 @@ class Controller:
                     active = tx.active_placements()
                     rules.refuse_if_already_loaded(spec.name, active)
                     document = classify(self.snapshot(Freshness.NEW), self.runtime.memory_threshold_mib,
-                                        self.placement_views(active))
+                                        self.placement_views(active), self.desktop)
                     chosen = selection or rules.default_selection(spec, document)
                     uuids = rules.check_selection(chosen, document)
                     port = self.processes.free_port() if needs_port(spec) else None

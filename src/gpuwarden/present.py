@@ -27,7 +27,21 @@ def gpu_state_label(gpu: GpuStatus, *, for_terminal: bool = False) -> str:
         return f"{BOLT} {label}" if gpu.state is GpuState.MODEL_LOADED else label
     label = label[0].lower() + label[1:]
     hint = GPU_STATE_HINTS.get(gpu.state)
+    if gpu.desktop_memory_mib is not None and gpu.state is not GpuState.OCCUPIED_BY_OTHERS:
+        hint = ", ".join(part for part in (hint, desktop_note(gpu.desktop_memory_mib)) if part)
     return f"{label} ({hint})" if hint else label
+
+
+def desktop_note(desktop_memory_mib: int) -> str:
+    """'desktop: 665 MiB': what the desktop's processes hold, not counted as use."""
+    return f"desktop: {desktop_memory_mib} MiB"
+
+
+def process_role(model_name: str | None, desktop: bool) -> str:
+    """Whose a GPU process is: 'model NAME', 'desktop' or 'foreign'."""
+    if model_name:
+        return f"model {model_name}"
+    return "desktop" if desktop else "foreign"
 
 
 def model_state_label(state: ModelState) -> str:

@@ -20,12 +20,13 @@ from gpuwarden.classify import StatusDocument
 from gpuwarden.cli.common import EXIT_CONFIG, EXIT_FAILED, cli_actor, controller_for, fail, settings_for
 from gpuwarden.cli.people import audit, users
 from gpuwarden.cli.service import service
-from gpuwarden.config import RUNTIME_SETTING_RANGES, ConfigError
+from gpuwarden.config import ConfigError
 from gpuwarden.errors import ControllerError
-from gpuwarden.present import duration_compact, gpu_state_label, terminal_safe
+from gpuwarden.present import duration_compact, gpu_state_label, process_role, terminal_safe
 from gpuwarden.probe.shared import Freshness
 from gpuwarden.probe.users import DENIED
 from gpuwarden.records import GpuState, ModelView, parse_selection
+from gpuwarden.runtime import RUNTIME_SETTING_RANGES
 
 
 def format_status(document: StatusDocument) -> str:
@@ -56,7 +57,7 @@ def format_status(document: StatusDocument) -> str:
         lines.append(f"{gpu.index:>3}  {terminal_safe(gpu.name)[:26]:<26} {used + ' / ' + total + ' MiB':>21}  {label}")
         for process in gpu.process_info:
             memory = "N/A" if process.used_memory_mib is None else f"{process.used_memory_mib} MiB"
-            owner = f"model {process.model_name}" if process.model_name else "foreign"
+            owner = process_role(process.model_name, process.desktop)
             lines.append(f"       PID {process.pid:<8} {terminal_safe(process.process_name)[:48]:<48} "
                          f"{terminal_safe(process.user):<16} {memory:>10}  {process.type or '-':<4} {owner}")
         if gpu.state is GpuState.OCCUPIED_BY_OTHERS and not gpu.process_info:

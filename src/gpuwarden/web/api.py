@@ -10,12 +10,12 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
 from gpuwarden.accounts import Accounts
-from gpuwarden.config import RUNTIME_SETTING_RANGES
 from gpuwarden.controller import Controller
 from gpuwarden.errors import BadSelection
 from gpuwarden.people import Actor, AuditAction, AuditEntry, AuditResult, may_administer
 from gpuwarden.probe.shared import Freshness
 from gpuwarden.records import Selection, parse_selection
+from gpuwarden.runtime import RUNTIME_SETTING_RANGES
 from gpuwarden.web.auth import ActorDep
 from gpuwarden.web.probing import probe_waiter
 

@@ -19,12 +19,12 @@ from fastapi.responses import FileResponse, HTMLResponse, Response, StreamingRes
 from gpuwarden import people
 from gpuwarden.accounts import Accounts
 from gpuwarden.classify import StatusDocument
-from gpuwarden.config import RUNTIME_SETTING_RANGES
 from gpuwarden.controller import Controller
 from gpuwarden.errors import ControllerError, StateUnavailable
 from gpuwarden.people import Actor
 from gpuwarden.probe.shared import Freshness
 from gpuwarden.records import ModelState, ModelView
+from gpuwarden.runtime import RUNTIME_SETTING_RANGES
 from gpuwarden.web.api import get_accounts, get_controller, selection_for
 from gpuwarden.web.assets import AssetMissing, vendor_file
 from gpuwarden.web.auth import ActorDep

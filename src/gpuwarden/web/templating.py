@@ -13,4 +13,5 @@ templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 templates.env.globals.update(
     interval_label=present.interval_label, duration_label=present.duration_label,
     gpu_state_label=present.gpu_state_label, model_state_label=present.model_state_label,
+    desktop_note=present.desktop_note,
     buttons_for=views.buttons_for, not_yours=views.not_yours)
