@@ -27,7 +27,9 @@ class NVMLError(Exception):
 
 
 class FakeNvml:
-    """Two GPUs: 0 idle (v1 would say 615 MiB used), 1 with a compute, a graphics and a C+G process."""
+    """Two GPUs: 0 idle (v1 would say 615 MiB used), 1 with a compute, a graphics and a C+G process.
+    Telemetry: GPU 0 reports everything; GPU 1 (a datacenter GPU) has no fan and its utilization
+    call fails. A telemetry value that is an Exception is raised by its call."""
 
     nvmlMemory_v2 = 0x02000028
 
@@ -41,6 +43,37 @@ class FakeNvml:
              "graphics": [SimpleNamespace(pid=702, usedGpuMemory=None),
                           SimpleNamespace(pid=703, usedGpuMemory=10 * MIB)]},
         ]
+        self.telemetry: list[dict[str, Any]] = [
+            {"util": 7, "temp": 41, "power_mw": 61234, "limit_mw": 450000, "fan": 30},
+            {"util": NVMLError("Not Supported"), "temp": 36, "power_mw": 122990, "limit_mw": 700000,
+             "fan": NVMLError("Not Supported")},
+        ]
+        self.sensors: list[int] = []
+        self.NVML_TEMPERATURE_GPU = 0
+
+    def _value(self, handle: int, key: str) -> Any:
+        if handle == self.lost:
+            raise NVMLError("GPU is lost")
+        value = self.telemetry[handle][key]
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    def nvmlDeviceGetUtilizationRates(self, handle: int) -> Any:
+        return SimpleNamespace(gpu=self._value(handle, "util"), memory=3)
+
+    def nvmlDeviceGetTemperature(self, handle: int, sensor: int) -> Any:
+        self.sensors.append(sensor)
+        return self._value(handle, "temp")
+
+    def nvmlDeviceGetPowerUsage(self, handle: int) -> Any:
+        return self._value(handle, "power_mw")
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle: int) -> Any:
+        return self._value(handle, "limit_mw")
+
+    def nvmlDeviceGetFanSpeed(self, handle: int) -> Any:
+        return self._value(handle, "fan")
 
     def nvmlInit(self) -> None:
         self.inits += 1
@@ -103,9 +136,53 @@ def test_reads_gpus_and_processes_with_v2_memory() -> None:
     assert [g.state for g in document.gpus] == [GpuState.IDLE, GpuState.OCCUPIED_BY_OTHERS]
 
 
+def test_reads_telemetry_and_an_unsupported_call_leaves_only_its_field_none() -> None:
+    nvml = FakeNvml()
+    snapshot = source(nvml).snapshot()
+    assert [(g.utilization_percent, g.temperature_c, g.power_draw_w, g.power_limit_w, g.fan_percent)
+            for g in snapshot.gpus] == [(7, 41, 61.234, 450.0, 30), (None, 36, 122.99, 700.0, None)]
+    assert nvml.sensors == [0, 0] and snapshot.warnings == ()  # NotSupported is not worth a warning
+    gpu = classify(snapshot, 30).to_dict()["gpu_status"][1]
+    assert [gpu[k] for k in ("utilization_percent", "temperature_c", "power_draw_w", "power_limit_w",
+                             "fan_percent")] == [None, 36, 122.99, 700.0, None]
+
+
+@pytest.mark.parametrize("values", [
+    {"util": 101, "temp": -5, "power_mw": -1, "limit_mw": 0, "fan": 2**32 - 1},
+    {"util": None, "temp": 65535, "power_mw": 2**32 - 1, "limit_mw": NOT_AVAILABLE, "fan": True},
+    {"util": "7", "temp": 41.5e9, "power_mw": 12.5, "limit_mw": None, "fan": -1},
+    {"util": NVMLError("Unknown Error"), "temp": NVMLError("Not Supported"), "power_mw": NVMLError("No permission"),
+     "limit_mw": NVMLError("Not Supported"), "fan": NVMLError("Not Supported")},
+])
+def test_absurd_or_failing_telemetry_is_none_and_memory_still_read(values: dict[str, Any]) -> None:
+    nvml = FakeNvml()
+    nvml.telemetry[0] = values
+    gpu = source(nvml).snapshot().gpus[0]
+    assert (gpu.utilization_percent, gpu.temperature_c, gpu.power_draw_w, gpu.power_limit_w,
+            gpu.fan_percent) == (None, None, None, None, None)
+    assert (gpu.memory_used_mib, gpu.memory_total_mib) == (0, 143771)
+
+
+def test_a_binding_without_telemetry_calls_still_reads_memory() -> None:
+    class OldNvml(FakeNvml):
+        """No utilization or fan call, no NVML_TEMPERATURE_GPU constant."""
+
+        def __getattribute__(self, name: str) -> Any:
+            if name in ("nvmlDeviceGetUtilizationRates", "nvmlDeviceGetFanSpeed", "NVML_TEMPERATURE_GPU"):
+                raise AttributeError(name)
+            return super().__getattribute__(name)
+
+    nvml = OldNvml()
+    gpus = source(nvml).snapshot().gpus
+    assert [(g.memory_used_mib, g.utilization_percent, g.temperature_c, g.fan_percent) for g in gpus] == [
+        (0, None, 41, None), (3193, None, 36, None)]
+    assert nvml.sensors == [0, 0]  # the GPU sensor's number, as pynvml names it
+
+
 def test_a_lost_gpu_is_unreadable_and_the_others_survive() -> None:
     snapshot = source(FakeNvml(lost=1)).snapshot()
     assert [g.memory_used_mib for g in snapshot.gpus] == [0, None]
+    assert [(g.temperature_c, g.power_draw_w) for g in snapshot.gpus] == [(41, 61.234), (None, None)]
     assert any("GPU is lost" in w for w in snapshot.warnings)
     assert classify(snapshot, 30).gpus[1].state is GpuState.UNAVAILABLE
 

@@ -19,6 +19,7 @@ from gpuwarden.records import OutputKind, ParsedOutput
 from tests.conftest import H200, PUBLIC
 from tests.test_parse import sidecar_columns
 from tests.test_parse_hostile import NOW
+from tests.test_telemetry import assert_sane as assert_sane_telemetry
 
 FIXTURES = sorted(PUBLIC.glob("*.txt")) + sorted(H200.glob("*.txt"))
 TEXTS = {path: path.read_text(encoding="utf-8") for path in FIXTURES}
@@ -100,7 +101,7 @@ def mutated_fixture(draw: Draw) -> tuple[Path, str]:
 
 
 def assert_safe(parsed: ParsedOutput) -> None:
-    """One reading per GPU index; memory None, or 0 <= used <= total."""
+    """One reading per GPU index; memory None, or 0 <= used <= total; telemetry None or in range."""
     indexes = [gpu.index for gpu in parsed.gpus]
     assert len(indexes) == len(set(indexes)), indexes
     for gpu in parsed.gpus:
@@ -109,6 +110,7 @@ def assert_safe(parsed: ParsedOutput) -> None:
         if gpu.memory_used_mib is not None:
             assert gpu.memory_used_mib >= 0, gpu
             assert gpu.memory_total_mib is None or gpu.memory_used_mib <= gpu.memory_total_mib, gpu
+        assert_sane_telemetry(gpu)
 
 
 @FUZZ

@@ -75,6 +75,12 @@ class GpuStatus:
     shared_with_others: bool = False
     # What the desktop's processes hold (not counted as use); None: no desktop process here.
     desktop_memory_mib: int | None = None
+    # Telemetry as the source reported it; None where it did not (N/A, [Not Supported], not in this output).
+    utilization_percent: int | None = None
+    temperature_c: int | None = None
+    power_draw_w: float | None = None
+    power_limit_w: float | None = None
+    fan_percent: int | None = None
 
     @property
     def model_name(self) -> str | None:
@@ -95,6 +101,11 @@ class GpuStatus:
             "bus_id": self.bus_id,
             "memory_used_mib": self.memory_used_mib,
             "memory_total_mib": self.memory_total_mib,
+            "utilization_percent": self.utilization_percent,
+            "temperature_c": self.temperature_c,
+            "power_draw_w": self.power_draw_w,
+            "power_limit_w": self.power_limit_w,
+            "fan_percent": self.fan_percent,
             "state": self.state.value,
             "model_name": self.model_name,
             "select_enabled": self.select_enabled,
@@ -240,7 +251,9 @@ def classify_gpu(
         memory_total_mib=gpu.memory_total_mib, state=state, model_names=models,
         select_enabled=state in (GpuState.IDLE, GpuState.MODEL_LOADED), loadable=state is GpuState.IDLE,
         process_info=infos, reason=reason, unattributed_memory_mib=unattributed, shared_with_others=shared,
-        desktop_memory_mib=desktop_mib)
+        desktop_memory_mib=desktop_mib, utilization_percent=gpu.utilization_percent,
+        temperature_c=gpu.temperature_c, power_draw_w=gpu.power_draw_w, power_limit_w=gpu.power_limit_w,
+        fan_percent=gpu.fan_percent)
 
 
 def _desktop_mib(used: int | None, processes: Sequence[ProcessInfo]) -> int | None:

@@ -80,6 +80,12 @@ class GpuReading:
     bus_id: str | None = None
     memory_used_mib: int | None = None
     memory_total_mib: int | None = None
+    # Telemetry, where the output reports it (None: N/A, [Not Supported], or not in this output).
+    utilization_percent: int | None = None  # GPU (SM) utilization
+    temperature_c: int | None = None
+    power_draw_w: float | None = None
+    power_limit_w: float | None = None
+    fan_percent: int | None = None
 
 
 @dataclass(frozen=True)

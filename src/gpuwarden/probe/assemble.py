@@ -15,11 +15,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
+from typing import TypeVar
 
 from gpuwarden.probe.parse_common import checked_gpus, normalize_bus_id, shown
 from gpuwarden.records import GpuProcess, GpuReading, OutputKind, ParsedOutput, Snapshot
 
 NO_DEVICES = "no devices were found"
+_N = TypeVar("_N", int, float)
 
 
 def build_snapshot(outputs: Sequence[ParsedOutput], taken_at: datetime, source: str) -> Snapshot:
@@ -82,8 +84,15 @@ def _combined_gpus(outputs: Sequence[ParsedOutput]) -> tuple[tuple[GpuReading, .
             messages.extend(message for index, message in conflicts.items() if index not in untrusted)
             untrusted.update(conflicts)
             gpus = _merge_gpus(gpus, checked) if gpus else checked
-    gpus = tuple(replace(gpu, memory_used_mib=None) if gpu.index in untrusted else gpu for gpu in gpus)
+    gpus = tuple(_untrusted(gpu) if gpu.index in untrusted else gpu for gpu in gpus)
     return gpus, messages
+
+
+def _untrusted(gpu: GpuReading) -> GpuReading:
+    """A GPU index two outputs give to different physical GPUs: neither its memory use nor its
+    telemetry can be said to be this GPU's."""
+    return replace(gpu, memory_used_mib=None, utilization_percent=None, temperature_c=None, power_draw_w=None,
+                   power_limit_w=None, fan_percent=None)
 
 
 def says_no_devices(messages: Sequence[str]) -> bool:
@@ -129,10 +138,20 @@ def _merge_gpus(first: tuple[GpuReading, ...], second: tuple[GpuReading, ...]) -
             name=gpu.name or other.name,
             uuid=gpu.uuid or other.uuid,
             bus_id=gpu.bus_id or other.bus_id,
-            memory_used_mib=gpu.memory_used_mib if gpu.memory_used_mib is not None else other.memory_used_mib,
-            memory_total_mib=gpu.memory_total_mib if gpu.memory_total_mib is not None else other.memory_total_mib,
+            memory_used_mib=_either(gpu.memory_used_mib, other.memory_used_mib),
+            memory_total_mib=_either(gpu.memory_total_mib, other.memory_total_mib),
+            utilization_percent=_either(gpu.utilization_percent, other.utilization_percent),
+            temperature_c=_either(gpu.temperature_c, other.temperature_c),
+            power_draw_w=_either(gpu.power_draw_w, other.power_draw_w),
+            power_limit_w=_either(gpu.power_limit_w, other.power_limit_w),
+            fan_percent=_either(gpu.fan_percent, other.fan_percent),
         ))
     return tuple(merged) + tuple(extra.values())
+
+
+def _either(first: _N | None, second: _N | None) -> _N | None:
+    """The first output's value where it has one, else the other's."""
+    return first if first is not None else second
 
 
 def failed_snapshot(taken_at: datetime, source: str, reason: str, *, no_gpu: bool = False) -> Snapshot:

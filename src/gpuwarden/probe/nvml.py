@@ -5,7 +5,8 @@ Memory comes from ``nvmlDeviceGetMemoryInfo(handle, version=nvmlMemory_v2)``: th
 driver's reserved memory as used (615 MiB on an idle H200, driver 580) and would mark every idle GPU
 occupied; v2 matches nvidia-smi. A binding or driver without v2 is not used at all. When NVML
 cannot start (no library, driver down), the snapshot comes from nvidia-smi instead, whose output
-says why in words a person understands.
+says why in words a person understands. Telemetry (utilization, temperature, power, fan) is read call
+by call: a call this GPU does not support leaves its field None and the rest are still read.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ from typing import Any
 
 from gpuwarden.probe.assemble import build_snapshot
 from gpuwarden.probe.parse import normalize_bus_id
+from gpuwarden.probe.parse_common import MAX_FAN_PERCENT, sane_celsius, sane_percent, sane_watts
 from gpuwarden.probe.users import ProcessLookup, snapshot_with_users
 from gpuwarden.records import GpuProcess, GpuReading, OutputKind, ParsedOutput, Snapshot
 
 MIB = 1024 * 1024
+MILLIWATTS_PER_WATT = 1000
+NVML_TEMPERATURE_GPU = 0  # pynvml.NVML_TEMPERATURE_GPU, for a binding that does not name it
 
 
 class NvmlUnavailable(Exception):
@@ -36,6 +40,35 @@ def _mib(value: Any) -> int | None:
     if value is None or not isinstance(value, int) or value < 0 or value >= 2**63:
         return None  # NVML_VALUE_NOT_AVAILABLE (2**64 - 1) or a binding that already made it None
     return -(-value // MIB)  # rounded up, as nvidia-smi showed (2575 MiB where floor gives 2574 on an H200)
+
+
+def _watts(milliwatts: Any, *, zero_allowed: bool = True) -> float | None:
+    if isinstance(milliwatts, bool) or not isinstance(milliwatts, int):
+        return None
+    return sane_watts(milliwatts / MILLIWATTS_PER_WATT, zero_allowed=zero_allowed)
+
+
+def _optional(call: Callable[[], Any]) -> Any:
+    """A telemetry value, or None where NVML cannot give it (NotSupported on this GPU, no permission,
+    a binding without the call). Not a warning: many GPUs never report some of these (no fan)."""
+    try:
+        return call()
+    except Exception:  # noqa: BLE001 - NVMLError of any kind, or AttributeError from an old binding
+        return None
+
+
+def _with_telemetry(reading: GpuReading, nvml: Any, handle: Any) -> GpuReading:
+    """Utilization, temperature, power draw and enforced limit, fan: each None where NVML fails."""
+    sensor = getattr(nvml, "NVML_TEMPERATURE_GPU", NVML_TEMPERATURE_GPU)
+    rates = _optional(lambda: nvml.nvmlDeviceGetUtilizationRates(handle))
+    return replace(
+        reading,
+        utilization_percent=sane_percent(getattr(rates, "gpu", None)),
+        temperature_c=sane_celsius(_optional(lambda: nvml.nvmlDeviceGetTemperature(handle, sensor))),
+        power_draw_w=_watts(_optional(lambda: nvml.nvmlDeviceGetPowerUsage(handle))),
+        power_limit_w=_watts(_optional(lambda: nvml.nvmlDeviceGetEnforcedPowerLimit(handle)), zero_allowed=False),
+        fan_percent=sane_percent(_optional(lambda: nvml.nvmlDeviceGetFanSpeed(handle)), MAX_FAN_PERCENT),
+    )
 
 
 class NvmlSource:
@@ -119,7 +152,7 @@ class NvmlSource:
         pci = read(lambda: nvml.nvmlDeviceGetPciInfo(handle))
         name = read(lambda: nvml.nvmlDeviceGetName(handle))
         uuid = read(lambda: nvml.nvmlDeviceGetUUID(handle))
-        return GpuReading(
+        reading = GpuReading(
             index=index,
             name=_text(name) if name is not None else None,
             uuid=_text(uuid) if uuid is not None else None,
@@ -127,6 +160,7 @@ class NvmlSource:
             memory_used_mib=_mib(memory.used) if memory is not None else None,
             memory_total_mib=_mib(memory.total) if memory is not None else None,
         )
+        return _with_telemetry(reading, nvml, handle)
 
     @staticmethod
     def _processes(nvml: Any, handle: Any, index: int) -> list[GpuProcess]:

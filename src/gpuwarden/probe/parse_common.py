@@ -1,6 +1,7 @@
 """Helpers shared by every nvidia-smi parser: the error type, the placeholders nvidia-smi prints
-where it has no value (``N/A``, ``[Not Supported]``, ...), MiB / integer cells, PCI bus ids, line
-splitting and the error messages nvidia-smi prints instead of any output. Pure: text in, values out.
+where it has no value (``N/A``, ``[Not Supported]``, ...), MiB / integer cells, telemetry cells
+(percent, degrees C, watts: None outside sane bounds), PCI bus ids, line splitting and the error
+messages nvidia-smi prints instead of any output. Pure: text in, values out.
 
 Every number is bounded (at most :data:`MAX_DIGITS` digits) before it is converted, and every
 regular expression here runs in linear time, so no cell, however long, can make parsing slow or
@@ -20,15 +21,22 @@ from gpuwarden.records import GpuReading
 __all__ = [
     "BUS_ID",
     "MAX_DIGITS",
+    "MAX_FAN_PERCENT",
     "NvidiaSmiParseError",
     "checked_gpus",
     "clean_lines",
     "looks_like_error",
     "missing",
     "normalize_bus_id",
+    "parse_celsius",
     "parse_int",
     "parse_mib",
+    "parse_percent",
+    "parse_watts",
     "read_memory",
+    "sane_celsius",
+    "sane_percent",
+    "sane_watts",
     "shown",
 ]
 
@@ -61,6 +69,11 @@ _ERROR_PATTERNS = (
     "error",
 )
 _T = TypeVar("_T")
+# Telemetry bounds: a value outside them is junk (an error code, a sentinel such as 65535), never shown.
+MAX_UTILIZATION_PERCENT = 100
+MAX_FAN_PERCENT = 200  # nvidia-smi: "This value may exceed 100% in certain cases"
+MAX_TEMPERATURE_C = 150  # GPUs shut down near 100 C; 255 or 65535 are sentinels
+MAX_POWER_W = 10_000.0  # a whole 8-GPU board draws less
 BUS_ID = re.compile(r"\b([0-9A-Fa-f]{4,8}):([0-9A-Fa-f]{2}):([0-9A-Fa-f]{2})\.([0-9A-Fa-f])\b")
 
 
@@ -90,6 +103,64 @@ def parse_int(value: str | None) -> int | None:
     assert value is not None
     text = value.strip()
     return int(text) if text.isascii() and text.isdigit() and len(text) <= MAX_DIGITS else None
+
+
+def _number_with_unit(value: str | None, unit: str, *, unit_required: bool) -> float | None:
+    """``'54C'``, ``'40 C'``, ``'122.98 W'``, ``'3%'`` (and without the unit unless ``unit_required``)
+    -> the number; placeholders, signs, exponents, other units and any other junk -> None."""
+    if missing(value):
+        return None
+    assert value is not None
+    text = value.strip()
+    if text[-len(unit):].lower() == unit.lower():
+        text = text[:-len(unit)].rstrip()
+    elif unit_required:
+        return None
+    return float(text) if _DECIMAL.fullmatch(text) else None
+
+
+def _bounded(value: object, low: float, high: float) -> float | None:
+    """A real, finite number within [low, high], else None (bools and NaN included)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value) if not isinstance(value, int) or abs(value) <= 2**53 else float("inf")
+    return number if low <= number <= high else None
+
+
+def sane_percent(value: object, maximum: int = MAX_UTILIZATION_PERCENT) -> int | None:
+    """A percentage from 0 to ``maximum``, rounded to an integer; else None."""
+    number = _bounded(value, 0, maximum)
+    return round(number) if number is not None else None
+
+
+def sane_celsius(value: object) -> int | None:
+    """A GPU temperature from 0 to :data:`MAX_TEMPERATURE_C` degrees C, rounded; else None."""
+    number = _bounded(value, 0, MAX_TEMPERATURE_C)
+    return round(number) if number is not None else None
+
+
+def sane_watts(value: object, *, zero_allowed: bool = True) -> float | None:
+    """A power from 0 (or above 0) to :data:`MAX_POWER_W` watts, to the milliwatt; else None."""
+    number = _bounded(value, 0, MAX_POWER_W)
+    if number is None or (number == 0 and not zero_allowed):
+        return None
+    return round(number, 3)
+
+
+def parse_percent(value: str | None, maximum: int = MAX_UTILIZATION_PERCENT, *,
+                  unit_required: bool = False) -> int | None:
+    """``'3%'``, ``'0 %'``, ``'86'`` -> an integer percentage; placeholders and junk -> None."""
+    return sane_percent(_number_with_unit(value, "%", unit_required=unit_required), maximum)
+
+
+def parse_celsius(value: str | None, *, unit_required: bool = False) -> int | None:
+    """``'54C'``, ``'40 C'``, ``'36'`` -> degrees C; placeholders and junk -> None."""
+    return sane_celsius(_number_with_unit(value, "C", unit_required=unit_required))
+
+
+def parse_watts(value: str | None, *, unit_required: bool = False, zero_allowed: bool = True) -> float | None:
+    """``'23W'``, ``'122.98 W'``, ``'700.00'`` -> watts; placeholders and junk -> None."""
+    return sane_watts(_number_with_unit(value, "W", unit_required=unit_required), zero_allowed=zero_allowed)
 
 
 def shown(value: str, limit: int = 24) -> str:
@@ -139,6 +210,11 @@ def checked_gpus(gpus: Iterable[GpuReading]) -> tuple[tuple[GpuReading, ...], tu
             bus_id=_agreed(g.bus_id for g in readings),
             memory_used_mib=None,
             memory_total_mib=_agreed(g.memory_total_mib for g in readings),
+            utilization_percent=_agreed(g.utilization_percent for g in readings),
+            temperature_c=_agreed(g.temperature_c for g in readings),
+            power_draw_w=_agreed(g.power_draw_w for g in readings),
+            power_limit_w=_agreed(g.power_limit_w for g in readings),
+            fan_percent=_agreed(g.fan_percent for g in readings),
         ))
     return tuple(result), tuple(messages)
 

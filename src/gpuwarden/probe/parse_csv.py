@@ -11,13 +11,17 @@ import re
 from collections.abc import Sequence
 
 from gpuwarden.probe.parse_common import (
+    MAX_FAN_PERCENT,
     NvidiaSmiParseError,
     checked_gpus,
     clean_lines,
     missing,
     normalize_bus_id,
+    parse_celsius,
     parse_int,
     parse_mib,
+    parse_percent,
+    parse_watts,
     read_memory,
     shown,
 )
@@ -30,8 +34,16 @@ _COMMAND = re.compile(r"(?:^|\s)nvidia-smi(?:\.exe)?\s", re.IGNORECASE)
 _QUERY = re.compile(r"--query-(?:gpu|compute-apps)=", re.IGNORECASE)
 _TOKEN = re.compile(r"\S+")
 _UUID = re.compile(r"^(GPU|MIG)-[0-9A-Fa-f-]+$")
+# Telemetry columns, each field's names in order of preference (nvidia-smi --help-query-gpu). The
+# power limit is the enforced one where given (as NVML and -q -x report it), else the requested one.
+_POWER_DRAW_COLUMNS = ("power.draw", "power.draw.average", "gpu.power.draw.average", "power.draw.instant",
+                       "gpu.power.draw.instant")
+_POWER_LIMIT_COLUMNS = ("enforced.power.limit", "gpu.power.current_limit", "power.limit",
+                        "gpu.power.requested_limit")
+_TELEMETRY_FIELDS = {"utilization.gpu", "temperature.gpu", "fan.speed", *_POWER_DRAW_COLUMNS,
+                     *_POWER_LIMIT_COLUMNS}
 _GPU_FIELDS = {"index", "uuid", "name", "pci.bus_id", "memory.used", "memory.total", "memory.free",
-               "driver_version", "count", "gpu_name", "gpu_uuid", "gpu_bus_id"}
+               "driver_version", "count", "gpu_name", "gpu_uuid", "gpu_bus_id", *_TELEMETRY_FIELDS}
 # Other names of the same field (nvidia-smi --help-query-gpu / --help-query-compute-apps: `"uuid" or
 # "gpu_uuid"`). Only the same field may share a name: `pci.bus` (the bus NUMBER) is not `pci.bus_id`.
 _GPU_ALIASES = {
@@ -224,4 +236,15 @@ def _gpu_from_row(record: dict[str, str], position: int, messages: list[str]) ->
         bus_id=normalize_bus_id(record.get("pci.bus_id")),
         memory_used_mib=used,
         memory_total_mib=total,
+        utilization_percent=parse_percent(record.get("utilization.gpu")),
+        temperature_c=parse_celsius(record.get("temperature.gpu")),
+        power_draw_w=_first_watts(record, _POWER_DRAW_COLUMNS, zero_allowed=True),
+        power_limit_w=_first_watts(record, _POWER_LIMIT_COLUMNS, zero_allowed=False),
+        fan_percent=parse_percent(record.get("fan.speed"), MAX_FAN_PERCENT),
     )
+
+
+def _first_watts(record: dict[str, str], columns: Sequence[str], *, zero_allowed: bool) -> float | None:
+    """The first of ``columns`` that holds a power in watts (``122.98 W`` or ``122.98``)."""
+    values = (parse_watts(record.get(column), zero_allowed=zero_allowed) for column in columns)
+    return next((value for value in values if value is not None), None)

@@ -1,8 +1,9 @@
 """Parser for plain ``nvidia-smi`` output: the boxed table of GPUs and the ``Processes:`` box.
 
 No column positions are read: rows are split on their ``|`` borders and matched by shape, so every
-driver generation's layout (Windows and MIG included) is read the same way. Every pattern here is
-anchored or bounded so that it runs in linear time on any line, however long.
+driver generation's layout (Windows and MIG included) is read the same way. Telemetry (fan,
+temperature, power, utilization) is read by the labels of the GPU box's header rows. Every pattern
+here is anchored or bounded so that it runs in linear time on any line, however long.
 """
 
 from __future__ import annotations
@@ -13,13 +14,17 @@ from dataclasses import dataclass, field
 
 from gpuwarden.probe.parse_common import (
     BUS_ID,
+    MAX_FAN_PERCENT,
     NvidiaSmiParseError,
     checked_gpus,
     clean_lines,
     looks_like_error,
     normalize_bus_id,
+    parse_celsius,
     parse_int,
     parse_mib,
+    parse_percent,
+    parse_watts,
     read_memory,
     shown,
 )
@@ -39,6 +44,10 @@ _PROCESS_HEAD_GI_CI = re.compile(r"\s*([0-9]+)\s+\S+\s+\S+\s+([0-9]+)\s+" + _PRO
 _PROCESS_HEAD_PLAIN = re.compile(r"\s*([0-9]+)\s+([0-9]+)\s+" + _PROCESS_TYPE)
 _DRIVER_VERSION = re.compile(r"(?:Driver Version|KMD Version):\s*([0-9.]{1,40})")
 _PROMPT_END = ("$", "#", ">")
+# Header labels of one-word values: a label's value is the value at the label's place in its cell,
+# as long as every label before it in that cell is one of these.
+_ONE_WORD_LABELS = frozenset({"Fan", "Temp", "Perf", "Pwr:Usage/Cap", "GPU-Util"})
+_MAX_HEADER_ROWS = 8
 _COMMAND_NAMES = ("nvidia-smi", "nvidia-smi.exe")
 
 
@@ -56,6 +65,11 @@ class _TableScan:
     current: dict[str, object] | None = None  # the GPU whose rows are being read
     memory_seen: bool = False  # the current GPU's "MiB / MiB" cell was found (readable or not)
     saw_box: bool = False
+    # The GPU box's header: per header row, per cell, its labels ("Fan", "Temp", ...). The n-th row
+    # of a GPU's block holds the values the n-th header row names.
+    header_rows: list[list[list[str]]] = field(default_factory=list)
+    header_done: bool = False  # the "|===" rule below the header was passed
+    block_row: int = 0  # which row of the current GPU's block is being read (0: its first row)
 
     def finish_gpu(self) -> None:
         if self.current is not None:
@@ -93,7 +107,9 @@ def _scan_line(scan: _TableScan, line: str) -> None:
         return
     if scan.section == "processes":
         _scan_process_line(scan, line, stripped)
-    elif scan.section == "gpus" and not stripped.startswith("|="):
+    elif scan.section == "gpus" and stripped.startswith("|="):
+        scan.header_done = True
+    elif scan.section == "gpus":
         _scan_gpu_line(scan, _cells(line))
 
 
@@ -123,6 +139,7 @@ def _scan_section_marker(scan: _TableScan, line: str, stripped: str) -> bool:
         return True
     if scan.section == "preamble" and re.search(r"\bGPU\s+Name\b", stripped):
         scan.section = "gpus"
+        scan.header_rows = [_labels(line)]
         return True
     return False
 
@@ -144,10 +161,17 @@ def _scan_gpu_line(scan: _TableScan, cells: Sequence[str]) -> None:
     first_row = _parse_gpu_first_row(cells)
     if first_row is not None:
         scan.finish_gpu()
-        scan.current = first_row
+        scan.current, scan.header_done, scan.block_row = first_row, True, 0
         return
     current = scan.current
-    if current is not None and not scan.memory_seen:
+    if current is None:
+        if not scan.header_done and len(scan.header_rows) < _MAX_HEADER_ROWS:
+            scan.header_rows.append([cell.split() for cell in cells])
+        return
+    scan.block_row += 1
+    if scan.block_row < len(scan.header_rows):
+        current.update(_telemetry(scan.header_rows[scan.block_row], cells))
+    if not scan.memory_seen:
         index = current["index"]
         assert isinstance(index, int)
         for cell in cells:
@@ -174,6 +198,50 @@ def _table_result(scan: _TableScan) -> ParsedOutput:
         driver_version=scan.driver_version,
         lists_processes=scan.section == "processes" or bool(scan.processes),
     )
+
+
+def _labels(line: str) -> list[list[str]]:
+    return [cell.split() for cell in _cells(line)]
+
+
+def _telemetry(header: Sequence[Sequence[str]], cells: Sequence[str]) -> dict[str, object]:
+    """The telemetry a GPU row holds, read by the labels of its header row: ``Fan`` (``0%``),
+    ``Temp`` (``54C``), ``Pwr:Usage/Cap`` (``23W / 340W``), ``GPU-Util`` (``3%``). Each value must
+    carry its unit, so a row of another layout gives None, never a misread number."""
+    found: dict[str, object] = {}
+    for labels, cell in zip(header, cells, strict=False):
+        values = _cell_values(cell)
+        for place, label in enumerate(labels):
+            if place >= len(values) or label not in _ONE_WORD_LABELS:
+                break
+            value = values[place]
+            if label == "Fan":
+                found["fan_percent"] = parse_percent(value, MAX_FAN_PERCENT, unit_required=True)
+            elif label == "Temp":
+                found["temperature_c"] = parse_celsius(value, unit_required=True)
+            elif label == "GPU-Util":
+                found["utilization_percent"] = parse_percent(value, unit_required=True)
+            elif label == "Pwr:Usage/Cap":
+                draw, _, cap = value.partition(" / ")
+                found["power_draw_w"] = parse_watts(draw, unit_required=True)
+                found["power_limit_w"] = parse_watts(cap, unit_required=True, zero_allowed=False)
+    return found
+
+
+def _cell_values(cell: str) -> list[str]:
+    """The whitespace-separated values of a cell, ``A / B`` kept as one value (``23W / 340W``,
+    ``N/A / N/A``)."""
+    values: list[str] = []
+    tokens = cell.split()
+    place = 0
+    while place < len(tokens):
+        if place + 2 < len(tokens) and tokens[place + 1] == "/":
+            values.append(f"{tokens[place]} / {tokens[place + 2]}")
+            place += 3
+        else:
+            values.append(tokens[place])
+            place += 1
+    return values
 
 
 def _cells(line: str) -> list[str]:

@@ -9,13 +9,17 @@ import re
 import xml.etree.ElementTree as ElementTree
 
 from gpuwarden.probe.parse_common import (
+    MAX_FAN_PERCENT,
     NvidiaSmiParseError,
     checked_gpus,
     clean_lines,
     missing,
     normalize_bus_id,
+    parse_celsius,
     parse_int,
     parse_mib,
+    parse_percent,
+    parse_watts,
     read_memory,
     shown,
 )
@@ -30,6 +34,11 @@ LIST_LINE = re.compile(r"^GPU ([0-9]{1,12}): (.*?) \(UUID: (\S+)\)\s*$")
 # whole document unreadable: each becomes U+FFFD instead.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 _MISSING_NAMED = 16  # at most this many missing GPUs are named in a message
+# A GPU's own power readings: <gpu_power_readings> (drivers 530+), else <power_readings>; never
+# <gpu_memory_power_readings> or <module_power_readings>. Within one, the first value present wins.
+_POWER_SECTIONS = ("gpu_power_readings", "power_readings")
+_POWER_DRAW = ("power_draw", "average_power_draw", "instant_power_draw")
+_POWER_LIMIT = ("current_power_limit", "enforced_power_limit", "power_limit")
 
 
 # --------------------------------------------------------------------------- XML
@@ -57,6 +66,7 @@ def parse_xml(text: str) -> ParsedOutput:
         memory = gpu.find("fb_memory_usage")
         used, total, notes = read_memory(index, _text(memory, "used"), _text(memory, "total"))
         messages.extend(notes)
+        draw, limit = _xml_power(gpu)
         gpus.append(GpuReading(
             index=index,
             name=_text(gpu, "product_name"),
@@ -64,6 +74,11 @@ def parse_xml(text: str) -> ParsedOutput:
             bus_id=normalize_bus_id(gpu.get("id") or _text(gpu, "pci/pci_bus_id")),
             memory_used_mib=used,
             memory_total_mib=total,
+            utilization_percent=parse_percent(_text(gpu, "utilization/gpu_util")),
+            temperature_c=parse_celsius(_text(gpu, "temperature/gpu_temp")),
+            power_draw_w=draw,
+            power_limit_w=limit,
+            fan_percent=parse_percent(_text(gpu, "fan_speed"), MAX_FAN_PERCENT),
         ))
         processes.extend(_xml_processes(gpu, index))
     checked, checks = checked_gpus(gpus)
@@ -96,6 +111,14 @@ def _xml_root(text: str) -> tuple[list[str], ElementTree.Element]:
     except ElementTree.ParseError as error:
         raise NvidiaSmiParseError(f"malformed XML output: {error}") from None
     return prefix, root
+
+
+def _xml_power(gpu: ElementTree.Element) -> tuple[float | None, float | None]:
+    """A GPU's power draw and enforced limit in watts (None where not reported)."""
+    sections = [section for section in (gpu.find(path) for path in _POWER_SECTIONS) if section is not None]
+    draws = (parse_watts(_text(section, name)) for section in sections for name in _POWER_DRAW)
+    limits = (parse_watts(_text(section, name), zero_allowed=False) for section in sections for name in _POWER_LIMIT)
+    return next((w for w in draws if w is not None), None), next((w for w in limits if w is not None), None)
 
 
 def _gpu_indexes(root: ElementTree.Element, blocks: list[ElementTree.Element]) -> tuple[list[int], list[str]]:
