@@ -79,6 +79,50 @@ def test_windows(extra: list[str]) -> int:
     return run(wpy, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:faulthandler", *(extra or ["-q", "tests"]))
 
 
+def demo(python: Path, extra: list[str]) -> int:
+    """Run the demo server in the place of this script: stopping ``run.py`` (Ctrl+C, or its PID
+    killed) stops the server too."""
+    command = [str(python), "-m", "gpuwarden", "serve", "--demo", *extra]
+    print("+", " ".join(command), flush=True)
+    if sys.platform == "win32":
+        server = subprocess.Popen(command, cwd=ROOT)
+        _end_with_this_process(server.pid)
+        try:
+            return server.wait()
+        except KeyboardInterrupt:  # Ctrl+C reached both; give the server its moment to stop
+            try:
+                return server.wait(15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                return 1
+    else:
+        os.chdir(ROOT)
+        os.execv(command[0], command)  # the same PID: a signal to run.py reaches the server itself
+
+
+def _end_with_this_process(pid: int) -> None:
+    """Windows: put the server in a kill-on-close job object held only by this process, so that it
+    ends when run.py ends, however it ends (taskkill /PID included). The job lets the demo models
+    break away: like any model, they outlive the server (the next demo adopts them)."""
+    import ctypes
+    from ctypes import wintypes
+
+    class Limits(ctypes.Structure):  # JOBOBJECT_EXTENDED_LIMIT_INFORMATION
+        _fields_ = [("times", ctypes.c_int64 * 2), ("flags", wintypes.DWORD), ("sizes", ctypes.c_size_t * 2),
+                    ("processes", wintypes.DWORD), ("affinity", ctypes.c_size_t), ("classes", wintypes.DWORD * 2),
+                    ("io", ctypes.c_uint64 * 6), ("memory", ctypes.c_size_t * 4)]
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.CreateJobObjectW.restype = kernel32.OpenProcess.restype = wintypes.HANDLE
+    job = kernel32.CreateJobObjectW(None, None)
+    limits = Limits(flags=0x2000 | 0x0800)  # JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE | JOB_OBJECT_LIMIT_BREAKAWAY_OK
+    process = kernel32.OpenProcess(0x0101, False, pid)  # PROCESS_SET_QUOTA | PROCESS_TERMINATE
+    if not (job and process and kernel32.SetInformationJobObject(wintypes.HANDLE(job), 9, ctypes.byref(limits),
+                                                                 ctypes.sizeof(limits))
+            and kernel32.AssignProcessToJobObject(wintypes.HANDLE(job), wintypes.HANDLE(process))):
+        print("note: if run.py is killed, stop the demo server too", flush=True)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in ("demo", "test", "test-windows"):
         print(__doc__)
@@ -87,10 +131,10 @@ def main(argv: list[str]) -> int:
         return test_windows(argv[1:])
     python = ensure_installed()
     if argv[0] == "demo":
-        return run(python, "-m", "gpuwarden", "serve", "--demo", *argv[1:])
+        return demo(python, argv[1:])
     ensure_chromium()
     lint_imports = "import sys; from importlinter.cli import lint_imports; sys.exit(lint_imports())"
-    for check in (["-m", "ruff", "check", "src", "tests", "bench", "run.py"],
+    for check in (["-m", "ruff", "check", "src", "tests", "bench", "tools", "run.py"],
                   ["-m", "mypy"], ["-m", "mypy", "--platform", "win32"], ["-c", lint_imports]):
         if run(python, *check) != 0:
             return 1

@@ -45,6 +45,18 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def wait_until_serving(url: str, log: Path, seconds: float = 30) -> None:
+    """Until the server at ``url`` answers; its log in the error if it never does."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url + "/api/gpus", timeout=2).read()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"server did not start: {log.read_text(encoding='utf-8', errors='replace')}")
+
+
 def toml_value(value: Any) -> str:
     return json.dumps(value) if not isinstance(value, list) else "[" + ", ".join(json.dumps(v) for v in value) + "]"
 
@@ -65,14 +77,7 @@ class Server:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gpuwarden", "--config", str(config), "serve", "--port", str(self.port)],
             env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(self.url + "/api/gpus", timeout=2).read()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("server did not start: " + (tmp_path / "server.log").read_text(encoding="utf-8"))
+        wait_until_serving(self.url, tmp_path / "server.log")
 
     def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         request = urllib.request.Request(self.url + path, method=method,

@@ -343,7 +343,9 @@ def test_sign_in_ownership_and_sign_out(start_server: Callable[..., GuardedServe
     unload = model_card(bob, "alpha").locator("button.unload")
     expect(unload).to_be_disabled()
     expect(unload).to_have_attribute("title", re.compile(r"alpha was loaded by alice"))
-    expect(gpu_button(bob, "alpha", "0")).to_be_disabled()
+    bolt = gpu_button(bob, "alpha", "0")  # the ⚡ button shows the model's details, never unloads
+    expect(bolt).to_have_attribute("data-details", "details-alpha")
+    assert bolt.get_attribute("hx-post") is None
     expect(bob.locator("#settings-form fieldset")).to_have_attribute("disabled", "")
     expect(bob.locator("#settings-form input[name='memory_threshold_mib']")).to_be_disabled()
     expect(bob.locator("#settings-form button[type='submit']")).to_be_disabled()

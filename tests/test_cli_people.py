@@ -258,7 +258,7 @@ def test_serve_refuses_to_listen_unprotected(cli: Cli, uvicorn_calls: list[dict[
                          env={**mock, "GPUWARDEN_AUTH": "password"})
     assert code == 0, err
     assert [(c["host"], c["port"]) for c in uvicorn_calls] == [("0.0.0.0", 8765)]
-    assert "every account on this machine" not in out and "dashboard on http://0.0.0.0:8765/" in out
+    assert "every account on this machine" not in out and "open http://0.0.0.0:8765/ in a browser" in out
 
 
 def test_serve_on_loopback_without_accounts_says_everyone_can_act(cli: Cli,
@@ -269,7 +269,7 @@ def test_serve_on_loopback_without_accounts_says_everyone_can_act(cli: Cli,
     assert notice.startswith("gpuwarden: auth = \"none\": every account on this machine can load and unload "
                              "every model")
     assert "gpuwarden users add NAME --admin" in notice
-    assert dashboard.startswith("gpuwarden: dashboard on http://127.0.0.1:8766/")
+    assert dashboard.startswith("gpuwarden: open http://127.0.0.1:8766/ in a browser") and "Ctrl+C" in dashboard
     [call] = uvicorn_calls
     assert (call["host"], call["port"]) == ("127.0.0.1", 8766) and call["app"] is not None
 

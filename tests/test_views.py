@@ -29,7 +29,8 @@ def test_buttons_per_gpu_with_states() -> None:
     b = buttons_for(view("b"), document)  # type: ignore[arg-type]
     assert [x.label for x in b] == ["GPU 0", "GPU 1 (Occupied)", "⚡ GPU 2 (a)", "⚡ GPU 3 (a)"]
     assert [x.disabled for x in b] == [False, True, True, True]
-    assert [x.action for x in a] == ["none", "none", "unload", "unload"]
+    assert [x.action for x in a] == ["none", "none", "details", "details"]  # the Unload button unloads
+    assert [x.disabled for x in a] == [True, True, False, False] and "click for its details" in a[2].title
     assert a[0].disabled and "already loaded on GPU 2,3" in a[0].title
     assert "unload it first" in b[2].title
 
@@ -39,7 +40,7 @@ def test_cpu_mode_has_one_cpu_button() -> None:
     [idle] = buttons_for(view("m"), document)
     [mine] = buttons_for(view("m", "running", ()), document)
     assert (idle.label, idle.action, idle.disabled) == ("CPU", "load", False)
-    assert (mine.label, mine.action) == ("⚡ CPU (m)", "unload")
+    assert (mine.label, mine.action, mine.disabled) == ("⚡ CPU (m)", "details", False)
 
 
 def test_labels() -> None:
@@ -60,5 +61,44 @@ def test_compact_durations_and_state_labels_for_both_outputs() -> None:
     unreadable = classify(Snapshot(taken_at=NOW, source="t", gpus=(GpuReading(index=0),)), 30).gpus[0]
     assert gpu_state_label(unreadable) == "Unavailable"
     assert gpu_state_label(unreadable, for_terminal=True) == "unavailable (memory unreadable)"
-    assert model_state_label(ModelState.NOT_LOADED) == "not loaded"
+    assert model_state_label(ModelState.NOT_LOADED) == model_state_label(ModelState.STOPPED) == "not loaded"
+    assert [model_state_label(s) for s in (ModelState.STARTING, ModelState.RUNNING, ModelState.FAILED)] == [
+        "starting", "running", "failed"]
     assert terminal_safe("a\x1b]52;c;x\x07b\nc\u009b") == "a?]52;c;x?b?c?" and terminal_safe(None) == "-"
+
+
+def test_memory_bar_parts_follow_whose_memory_it_is() -> None:
+    from gpuwarden.records import GpuProcess
+    from gpuwarden.web.views import memory_segments
+
+    processes = (GpuProcess(pid=10, name="llama", type="C", used_memory_mib=6000, gpu_index=0),
+                 GpuProcess(pid=20, name="python3", type="C", used_memory_mib=2000, gpu_index=0),
+                 GpuProcess(pid=30, name="Xorg", type="G", used_memory_mib=400, gpu_index=0))
+    gpu = GpuReading(index=0, memory_used_mib=9000, memory_total_mib=24000)
+    from gpuwarden.desktop import DesktopRule
+
+    loaded = classify(Snapshot(taken_at=NOW, source="t", gpus=(gpu,), processes=processes), 30,
+                      (PlacementView("m", (0,), frozenset({10})),), DesktopRule.of(["Xorg"])).gpus[0]
+    parts = {p.kind: (p.mib, p.percent) for p in memory_segments(loaded)}
+    assert parts == {"model": (6600, 27.5), "others": (2000, 8.33), "desktop": (400, 1.67)}  # 600 unlisted: the model's
+    busy = classify(Snapshot(taken_at=NOW, source="t", gpus=(GpuReading(index=0, memory_used_mib=363,
+                                                                        memory_total_mib=24000),)), 30).gpus[0]
+    assert [(p.kind, p.mib) for p in memory_segments(busy)] == [("others", 363)]
+    idle = classify(Snapshot(taken_at=NOW, source="t", gpus=(GpuReading(index=0, memory_used_mib=3,
+                                                                        memory_total_mib=24000),)), 30).gpus[0]
+    assert [(p.kind, p.mib) for p in memory_segments(idle)] == [("idle", 3)]
+    assert memory_segments(classify(Snapshot(taken_at=NOW, source="t", gpus=(GpuReading(index=0),)), 30).gpus[0]) == []
+
+
+def test_sparkline_points_span_the_hour_and_scale_to_the_maximum() -> None:
+    from datetime import timedelta
+
+    from gpuwarden.history import Sample
+    from gpuwarden.web.views import sparkline
+
+    samples = (Sample(NOW - timedelta(minutes=60), 0, None), Sample(NOW - timedelta(minutes=30), 50, 10),
+               Sample(NOW, 100, 90))
+    assert sparkline(samples, "memory_used_mib", 100) == "0.0,28.0 60.0,14.0 120.0,0.0"
+    assert sparkline(samples, "utilization_percent", 100) == "60.0,25.2 120.0,2.8"
+    assert sparkline(samples[:1], "memory_used_mib", 100) is None
+    assert sparkline(samples, "memory_used_mib", None) is None

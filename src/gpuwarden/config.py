@@ -122,9 +122,12 @@ class Settings(BaseSettings):
         default=300, ge=RUNTIME_SETTING_RANGES["refresh_interval_seconds"][0],
         le=RUNTIME_SETTING_RANGES["refresh_interval_seconds"][1],
         description="How often the server and the dashboard refresh GPU status.")
-    gpu_source: Literal["nvidia-smi", "nvml"] = Field(
+    history_interval_seconds: int = Field(
+        default=30, ge=0, le=3600, description="The server reads the GPUs this often to keep the last hour of "
+        "memory and utilization (the dashboard's sparklines, /api/gpus/history); 0: only at each refresh.")
+    gpu_source: Literal["nvidia-smi", "nvml", "demo"] = Field(
         default="nvidia-smi", description="Where GPU status comes from: nvidia-smi, or NVML (falls back to "
-        "nvidia-smi when NVML cannot be used).")
+        "nvidia-smi when NVML cannot be used), or 'demo': the simulated machine of `serve --demo`.")
     nvidia_smi_path: Path | None = Field(
         default=None, description="nvidia-smi to run; default: PATH, then the usual Windows locations.")
     nvidia_smi_timeout_seconds: float = Field(

@@ -3,6 +3,8 @@ alike. One table of state labels; the terminal and the page differ only in case 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from gpuwarden.classify import GpuStatus
 from gpuwarden.records import GpuState, ModelState
 
@@ -45,8 +47,31 @@ def process_role(model_name: str | None, desktop: bool) -> str:
 
 
 def model_state_label(state: ModelState) -> str:
-    """'not loaded', 'starting', 'running', ..."""
+    """'not loaded', 'starting', 'running', 'stopping', 'failed'. A model that was stopped and one never
+    loaded are in the same situation for a person: both are 'not loaded'."""
+    if state is ModelState.STOPPED:
+        state = ModelState.NOT_LOADED
     return state.value.replace("_", " ")
+
+
+def iso_time(moment: datetime) -> str:
+    """'2026-11-27T10:00:00Z': a UTC time that browsers and people read alike."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def telemetry_text(gpu: GpuStatus) -> str:
+    """'45% util · 62 °C · 180 / 450 W · fan 52%', with what the GPU reports ('' where nothing)."""
+    parts = []
+    if gpu.utilization_percent is not None:
+        parts.append(f"{gpu.utilization_percent}% util")
+    if gpu.temperature_c is not None:
+        parts.append(f"{gpu.temperature_c} \u00b0C")
+    if gpu.power_draw_w is not None:
+        limit = f" / {gpu.power_limit_w:.0f}" if gpu.power_limit_w is not None else ""
+        parts.append(f"{gpu.power_draw_w:.0f}{limit} W")
+    if gpu.fan_percent is not None:
+        parts.append(f"fan {gpu.fan_percent}%")
+    return " \u00b7 ".join(parts)
 
 
 def terminal_safe(text: str | None) -> str:

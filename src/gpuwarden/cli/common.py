@@ -10,6 +10,7 @@ import click
 
 from gpuwarden.config import ConfigError, Settings, load_settings
 from gpuwarden.controller import Controller, build_controller
+from gpuwarden.demo import demo_overrides
 from gpuwarden.people import Actor, Channel
 from gpuwarden.present import terminal_safe
 from gpuwarden.probe.users import os_account
@@ -19,8 +20,12 @@ EXIT_CONFIG = 2
 
 
 def settings_for(ctx: click.Context, overrides: dict[str, Any] | None = None, *, quiet: bool = False) -> Settings:
+    """The settings, read once; with ``--demo``, the demo's (its own state directory inside the
+    configured one, the simulated machine, the demo models)."""
     config: Path | None = ctx.obj.get("config") if ctx.obj else None
     try:
+        if ctx.obj and ctx.obj.get("demo"):
+            overrides = {**(overrides or {}), **demo_overrides(load_settings(config, overrides=overrides).state_dir)}
         settings = load_settings(config, overrides=overrides)
     except ConfigError as error:
         click.echo(f"gpuwarden: configuration error: {terminal_safe(str(error))}", err=True)

@@ -88,12 +88,14 @@ def format_models(models: list[ModelView]) -> str:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="TOML configuration file (default: GPUWARDEN_CONFIG, then the per-user location).")
+@click.option("--demo", is_flag=True, help="Act on the built-in demo (the machine and models of `serve --demo`).")
 @click.version_option(__version__, prog_name="gpuwarden")
 @click.pass_context
-def cli(ctx: click.Context, config: Path | None) -> None:
+def cli(ctx: click.Context, config: Path | None, demo: bool) -> None:
     """gpuwarden: load models only onto GPUs nobody else is using."""
     ctx.ensure_object(dict)
     ctx.obj["config"] = config
+    ctx.obj["demo"] = demo
 
 
 @cli.command()
@@ -165,7 +167,6 @@ def unload(ctx: click.Context, model: str) -> None:
 @click.pass_context
 def serve(ctx: click.Context, host: str | None, port: int | None, demo: bool) -> None:
     """Run the web dashboard and REST API."""
-    from gpuwarden.demo import demo_overrides
     from gpuwarden.web.server import run_server
 
     overrides: dict[str, Any] = {}
@@ -174,7 +175,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, demo: bool) ->
     if port is not None:
         overrides["port"] = port
     if demo:  # the demo keeps its state in a folder of its own inside the configured state_dir
-        overrides.update(demo_overrides(settings_for(ctx, overrides, quiet=True).state_dir))
+        ctx.obj["demo"] = True
     settings = settings_for(ctx, overrides)
     try:
         run_server(settings)

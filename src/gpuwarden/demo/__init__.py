@@ -1,8 +1,7 @@
-"""The built-in demo (``gpuwarden serve --demo``): the seed's two-GPU recording and two harmless demo models.
+"""The built-in demo (``gpuwarden serve --demo``): a simulated three-GPU machine
+(:mod:`gpuwarden.probe.simulated`) and three harmless demo models that show on its GPUs while they run.
 
-The package holds everything the demo needs: these settings, the demo model server
-(:mod:`gpuwarden.demo.model_server`) and, in an installed wheel, the recording ``gpu.txt``
-(in a checkout it is the seed's ``data/gpu.txt``).
+The package holds the demo's settings and the demo model server (:mod:`gpuwarden.demo.model_server`).
 """
 
 from __future__ import annotations
@@ -12,32 +11,30 @@ from pathlib import Path
 from typing import Any
 
 from gpuwarden.config import default_state_dir
-
-DEMO_SMI_NAME = "gpu.txt"
-
-
-def demo_smi_path() -> Path:
-    """``gpu.txt`` in this package (an installed wheel), else the checkout's ``data/gpu.txt``."""
-    packaged = Path(__file__).parent / DEMO_SMI_NAME
-    if packaged.is_file():
-        return packaged
-    return Path(__file__).resolve().parents[3] / "data" / DEMO_SMI_NAME
+from gpuwarden.probe.demo_registry import registry_dir
 
 
 def demo_overrides(state_dir: Path | None = None) -> dict[str, Any]:
-    """Settings for ``serve --demo``: mock GPUs, demo models, ``<state_dir>/demo`` (the
-    configured state_dir, else the default) as a state directory of its own, and no accounts (the
-    demo has none: it runs on loopback only, like any ``auth = "none"`` server)."""
-    command = [sys.executable, "-m", "gpuwarden.demo.model_server", "--port", "{port}"]
+    """Settings for ``serve --demo``: the simulated machine (``gpu_source = "demo"``), demo models,
+    ``<state_dir>/demo`` (the configured state_dir, else the default) as a state directory of its
+    own, and no accounts (the demo has none: it runs on loopback only, like any ``auth = "none"``
+    server)."""
+    demo_state = (state_dir or default_state_dir()) / "demo"
+    command = [sys.executable, "-m", "gpuwarden.demo.model_server", "--port", "{port}",
+               "--registry", str(registry_dir(demo_state))]
+    health = "http://127.0.0.1:{port}/health"
     return {
-        "mock_smi": demo_smi_path(),
+        "gpu_source": "demo",
+        "mock_smi": None,
         "mock_smi_text": None,
         "auth": "none",
-        "state_dir": (state_dir or default_state_dir()) / "demo",
+        "state_dir": demo_state,
         "models": [
-            {"name": "llama-7b", "command": command, "health_url": "http://127.0.0.1:{port}/health",
-             "description": "Demo model (a harmless local program)."},
-            {"name": "qwen-14b", "command": [*command, "--startup-seconds", "3"], "default_gpus": 2,
-             "health_url": "http://127.0.0.1:{port}/health", "description": "Demo model wanting two GPUs."},
+            {"name": "llama-7b", "command": [*command, "--memory-mib", "6912"], "health_url": health,
+             "description": "Demo model: 6.8 GiB on one GPU (a harmless local program)."},
+            {"name": "qwen-14b", "command": [*command, "--memory-mib", "9216", "--startup-seconds", "3"],
+             "default_gpus": 2, "health_url": health, "description": "Demo model: 9 GiB on each of two GPUs."},
+            {"name": "whisper-large", "command": [*command, "--memory-mib", "3072"], "health_url": health,
+             "description": "Demo model: 3 GiB, small enough to share the desktop's GPU."},
         ],
     }

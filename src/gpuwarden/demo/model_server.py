@@ -8,6 +8,7 @@ now and then, and exits cleanly on SIGTERM / Ctrl+C. It loads nothing and downlo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import FrameType
 
 
@@ -40,8 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="serve /health here (0: no server)")
     parser.add_argument("--startup-seconds", type=float, default=1.0, help="pretend to load for this long")
     parser.add_argument("--fail-after", type=float, default=None, help="exit with code 3 after this long")
+    parser.add_argument("--registry", type=Path, default=None,
+                        help="the demo machine's folder: show this process on its GPUs (gpu_source = demo)")
+    parser.add_argument("--memory-mib", type=int, default=4096, help="the GPU memory it holds once loaded")
     options = parser.parse_args(argv)
     stop = threading.Event()
+    show = _Registration(options.registry, options.memory_mib)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
@@ -51,21 +57,58 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(getattr(signal, name), on_signal)
     print(f"demo model {os.environ.get('GPUWARDEN_MODEL')} on CUDA_VISIBLE_DEVICES="
           f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}: loading...", flush=True)
+    show.loading()
     stop.wait(options.startup_seconds)
+    show.ready()
     server = None
     if options.port:
         server = ThreadingHTTPServer(("127.0.0.1", options.port), _Handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
     print(f"demo model ready (port {options.port or 'none'})", flush=True)
     started = time.monotonic()
-    while not stop.wait(1.0):
-        if options.fail_after is not None and time.monotonic() - started >= options.fail_after:
-            print("demo model: simulated crash", flush=True)
-            return 3
+    try:
+        while not stop.wait(1.0):
+            if options.fail_after is not None and time.monotonic() - started >= options.fail_after:
+                print("demo model: simulated crash", flush=True)
+                return 3
+    finally:
+        show.gone()
     if server is not None:
         server.shutdown()
     print("demo model stopped", flush=True)
     return 0
+
+
+class _Registration:
+    """On the demo machine (``--registry``), this process shows on the GPUs it was given: a CUDA
+    context's worth while it loads, all of its memory once ready, nothing once stopped."""
+
+    LOADING_MIB = 600
+
+    def __init__(self, folder: Path | None, memory_mib: int) -> None:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        self.gpus = [int(part) for part in visible.split(",") if part.strip().isdigit()]
+        self.folder = folder if self.gpus else None
+        self.memory_mib = max(0, memory_mib)
+        self.path: Path | None = None
+
+    def loading(self) -> None:
+        self._show(min(self.memory_mib, self.LOADING_MIB))
+
+    def ready(self) -> None:
+        self._show(self.memory_mib)
+
+    def _show(self, memory_mib: int) -> None:
+        if self.folder is not None:
+            from gpuwarden.probe.demo_registry import register_this_process
+
+            with contextlib.suppress(OSError):
+                self.path = register_this_process(self.folder, self.gpus, memory_mib)
+
+    def gone(self) -> None:
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

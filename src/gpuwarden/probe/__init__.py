@@ -18,6 +18,7 @@ from gpuwarden.config import Settings
 from gpuwarden.probe.assemble import build_snapshot, failed_snapshot
 from gpuwarden.probe.base import GpuSource, utc_now
 from gpuwarden.probe.counters import WindowsMemorySource
+from gpuwarden.probe.demo_registry import SimulatedSource, registry_dir
 from gpuwarden.probe.mock import MockSource
 from gpuwarden.probe.nvml import NvmlSource
 from gpuwarden.probe.parse import NvidiaSmiParseError, parse_output
@@ -78,12 +79,15 @@ class SmiSource:
 
 def make_source(settings: Settings, lookup: ProcessLookup | None = None,
                 clock: Callable[[], datetime] = utc_now) -> GpuSource:
-    """Mock mode if configured (text wins over files), else NVML if chosen, else the real nvidia-smi."""
+    """Mock mode if configured (text wins over files), else the demo's simulated machine or NVML if
+    chosen, else the real nvidia-smi."""
     if settings.mock_smi_text is not None:
         return MockSource(text=settings.mock_smi_text, columns=settings.mock_columns, clock=clock)
     if settings.mock_smi is not None:
         return MockSource.from_setting(settings.mock_smi, settings.mock_columns, clock)
     lookup = lookup or PsutilLookup()
+    if settings.gpu_source == "demo":
+        return SimulatedSource(registry_dir(settings.state_dir), lookup, clock)
     smi = SmiSource(configured_path=settings.nvidia_smi_path, timeout_seconds=settings.nvidia_smi_timeout_seconds,
                     lookup=lookup, clock=clock)
     source: GpuSource = NvmlSource(lookup=lookup, fallback=smi, clock=clock) if settings.gpu_source == "nvml" else smi

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
+from gpuwarden.history import History
 from gpuwarden.probe.assemble import failed_snapshot
 from gpuwarden.probe.base import GpuSource, utc_now
 from gpuwarden.records import Snapshot
@@ -80,6 +81,7 @@ class SharedSource:
         self._latest: Snapshot | None = None
         self._latest_at = 0.0
         self._last_good: Snapshot | None = None
+        self._history = History()
 
     @property
     def description(self) -> str:
@@ -88,6 +90,11 @@ class SharedSource:
     @property
     def latest(self) -> Snapshot | None:
         return self._latest
+
+    @property
+    def history(self) -> History:
+        """The last hour of every good reading (one immutable value)."""
+        return self._history
 
     def snapshot(self, freshness: Freshness = Freshness.NOW) -> Snapshot:
         """A snapshot as fresh as ``freshness`` asks, probing only when no shared one will do."""
@@ -137,6 +144,7 @@ class SharedSource:
                     changed = self._latest is not None and signature(self._latest) != signature(snapshot)
                     self._latest = snapshot
                     self._latest_at = self._monotonic()
+                    self._history = self._history.adding(snapshot)
                 self._generation += 1
                 self._in_flight = False
                 self._condition.notify_all()

@@ -80,6 +80,13 @@ async def gpus(request: Request, controller: ControllerDep, refresh: bool = Fals
     return document.to_dict()
 
 
+@router.get("/gpus/history", summary="The last hour of each GPU's memory and utilization")
+async def gpus_history(controller: ControllerDep) -> dict[str, Any]:
+    """Every reading the server kept of the last hour (``history_interval_seconds`` apart, and at
+    each refresh), oldest first."""
+    return {**controller.gpus.history.to_dict(), "interval_seconds": controller.settings.history_interval_seconds}
+
+
 @router.get("/models", summary="Every configured model with its state")
 def models(controller: ControllerDep) -> list[dict[str, Any]]:
     return [view.to_dict() for view in controller.models()]

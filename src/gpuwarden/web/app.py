@@ -95,6 +95,8 @@ class Monitor:
                 if time.monotonic() - self._last_refresh >= self.controller.runtime.refresh_interval_seconds:
                     self._last_refresh = time.monotonic()
                     self.controller.snapshot(Freshness.NOW)
+                elif history_seconds := self.controller.settings.history_interval_seconds:
+                    self.controller.snapshot(Freshness.within(history_seconds))  # one reading per interval
                 if self.accounts is not None and time.monotonic() - self._last_prune >= AUDIT_PRUNE_INTERVAL_SECONDS:
                     self._last_prune = time.monotonic()
                     self.accounts.prune()

@@ -9,18 +9,20 @@ a cross-site form cannot set it, so another web page cannot load or unload model
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, HTMLResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
 
 from gpuwarden import people
 from gpuwarden.accounts import Accounts
 from gpuwarden.classify import StatusDocument
 from gpuwarden.controller import Controller
-from gpuwarden.errors import ControllerError, StateUnavailable
+from gpuwarden.errors import BadSelection, ControllerError, StateUnavailable
 from gpuwarden.people import Actor
 from gpuwarden.probe.shared import Freshness
 from gpuwarden.records import ModelState, ModelView
@@ -67,6 +69,8 @@ def content_context(controller: Controller, accounts: Accounts, actor: Actor, st
         "may_configure": people.may_administer(actor, mode),
         "activity": activity,
         "status": status,
+        "history": controller.gpus.history,
+        "rendered_at": datetime.now(UTC),
         "models": models,
         "state_error": state_error,
         "flash": flash or {},
@@ -114,16 +118,32 @@ async def refresh(request: Request, controller: ControllerDep, accounts: Account
     return render(request, "_content.html", await awaited_context(request, controller, accounts, actor, freshness))
 
 
+def with_toast(response: HTMLResponse, message: str, *, ok: bool) -> HTMLResponse:
+    """The dashboard shows ``message`` as a toast (dashboard.js, as text, never as HTML)."""
+    # On the body: the element that asked may be gone by then (a pushed refresh swapped it out).
+    response.headers["HX-Trigger"] = json.dumps({"gw-toast": {"message": message[:500], "ok": ok, "target": "body"}})
+    return response
+
+
 @router.post("/dashboard/models/{name}/load", response_class=HTMLResponse, dependencies=[Depends(require_htmx)])
 def load(request: Request, name: str, controller: ControllerDep, accounts: AccountsDep, actor: ActorDep,
-         gpus: Annotated[list[str] | None, Form()] = None) -> HTMLResponse:
+         gpus: Annotated[list[str] | None, Form()] = None,
+         chosen: Annotated[str | None, Form()] = None) -> HTMLResponse:
+    """A GPU button sends its GPU; "Load on selected" sends the ticked ones (``chosen``): none ticked
+    is refused, never taken for the model's default GPUs."""
     flash: dict[str, str] = {}
     try:
         controller.model_spec(name)  # an unknown model is reported before a bad selection
-        controller.load(name, selection_for(controller, name, form_selection(gpus), actor), actor=actor)
+        if chosen is not None and not gpus:
+            raise BadSelection(f"tick the GPUs to load {name} on (at least one)")
+        view = controller.load(name, selection_for(controller, name, form_selection(gpus), actor), actor=actor)
+        where = f"GPU {','.join(map(str, view.gpu_indexes))}" if view.gpu_indexes else "the CPU"
+        message, ok = f"Loading {name} on {where}", True
     except ControllerError as error:
-        flash[name] = str(error)
-    return render(request, "_content.html", content_context(controller, accounts, actor, flash=flash))
+        flash[name] = message = str(error)
+        ok = False
+    response = render(request, "_content.html", content_context(controller, accounts, actor, flash=flash))
+    return with_toast(response, message, ok=ok)
 
 
 @router.post("/dashboard/models/{name}/unload", response_class=HTMLResponse, dependencies=[Depends(require_htmx)])
@@ -132,9 +152,12 @@ def unload(request: Request, name: str, controller: ControllerDep, accounts: Acc
     flash: dict[str, str] = {}
     try:
         controller.unload(name, actor=actor)
+        message, ok = f"Unloaded {name}", True
     except ControllerError as error:
-        flash[name] = str(error)
-    return render(request, "_content.html", content_context(controller, accounts, actor, flash=flash))
+        flash[name] = message = str(error)
+        ok = False
+    response = render(request, "_content.html", content_context(controller, accounts, actor, flash=flash))
+    return with_toast(response, message, ok=ok)
 
 
 def _whole_number(raw: str) -> int | str:
@@ -158,7 +181,9 @@ def save_settings(request: Request, controller: ControllerDep, accounts: Account
             message = "saved"
         except ControllerError as error:
             message = str(error)
-    return render(request, "_content.html", content_context(controller, accounts, actor, settings_flash=message))
+    response = render(request, "_content.html", content_context(controller, accounts, actor, settings_flash=message))
+    return with_toast(response, "Settings saved" if message == "saved" else f"Settings: {message}",
+                      ok=message == "saved") if message else response
 
 
 @router.get("/events")
@@ -182,6 +207,11 @@ async def events(request: Request, controller: ControllerDep) -> StreamingRespon
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.get("/favicon.ico")
+def favicon() -> Response:
+    return RedirectResponse("/static/favicon.svg", status_code=301)
 
 
 @router.get("/vendor/{name}")

@@ -45,7 +45,8 @@ def run_server(settings: Settings) -> None:
     controller = build_controller(settings)
     app = create_app(controller)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    print(f"gpuwarden: dashboard on http://{host}:{settings.port}/  (state: {settings.state_dir})", flush=True)
+    print(f"gpuwarden: open http://{host}:{settings.port}/ in a browser (state: {settings.state_dir});"
+          " press Ctrl+C to stop", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", **proxy_options(settings))
 
 

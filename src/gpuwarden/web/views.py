@@ -8,15 +8,66 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gpuwarden.classify import GpuStatus, StatusDocument
+from gpuwarden.history import WINDOW_SECONDS, Sample
 from gpuwarden.present import BOLT
 from gpuwarden.records import GpuState, ModelView
+
+
+@dataclass(frozen=True)
+class MemorySegment:
+    """One part of a GPU's memory bar: whose memory it is, and how much."""
+
+    kind: str  # model | others | desktop | idle (memory nobody listed holds on an idle GPU)
+    mib: int
+    percent: float  # of the GPU's total
+    title: str
+
+
+def memory_segments(gpu: GpuStatus) -> list[MemorySegment]:
+    """The memory bar: the models' share, someone else's, the desktop's. Memory no listed process
+    accounts for (figures N/A under WDDM, another container) goes to whoever the state blames: someone
+    else on an occupied GPU, the model on a loaded one."""
+    used, total = gpu.memory_used_mib, gpu.memory_total_mib
+    if used is None or not total:
+        return []
+    model_mib = sum(p.used_memory_mib or 0 for p in gpu.process_info if p.model_name)
+    others_mib = sum(p.used_memory_mib or 0 for p in gpu.process_info if p.someone_elses)
+    desktop_mib = min(gpu.desktop_memory_mib or 0, used)
+    rest = max(0, used - model_mib - others_mib - desktop_mib)
+    rest_kind = {GpuState.OCCUPIED_BY_OTHERS: "others", GpuState.MODEL_LOADED: "model"}.get(gpu.state, "idle")
+    shares = {"model": model_mib, "others": others_mib, "desktop": desktop_mib, "idle": 0}
+    shares[rest_kind] += rest
+    titles = {"model": "gpuwarden's models", "others": "someone else", "desktop": "the desktop",
+              "idle": "no listed process"}
+    return [MemorySegment(kind, mib, round(min(100.0, 100.0 * mib / total), 2), f"{titles[kind]}: {mib} MiB")
+            for kind, mib in shares.items() if mib > 0]
+
+
+SPARK_WIDTH = 120
+SPARK_HEIGHT = 28
+
+
+def sparkline(samples: tuple[Sample, ...], field: str, maximum: float | None) -> str | None:
+    """SVG polyline points for the last hour of ``field`` (memory_used_mib or utilization_percent),
+    scaled to ``maximum``; None where fewer than two readings say anything."""
+    points = [(s.at, getattr(s, field)) for s in samples if getattr(s, field) is not None]
+    if len(points) < 2 or not maximum:
+        return None
+    newest = points[-1][0]
+    coordinates = []
+    for at, value in points:
+        age_seconds = (newest - at).total_seconds()
+        x = SPARK_WIDTH * (1 - min(age_seconds, WINDOW_SECONDS) / WINDOW_SECONDS)
+        y = SPARK_HEIGHT * (1 - min(max(value / maximum, 0.0), 1.0))
+        coordinates.append(f"{x:.1f},{y:.1f}")
+    return " ".join(coordinates)
 
 
 @dataclass(frozen=True)
 class GpuButton:
     label: str
     gpu: str  # "0", "1", ... or "cpu"
-    action: str  # "load" | "unload" | "none"
+    action: str  # "load" | "details" (the model's own GPU: its details; Unload is the one unload) | "none"
     disabled: bool
     title: str  # tooltip: what a click does, or why it is disabled
     css: str  # idle | mine | other-model | occupied | unavailable | busy-model
@@ -28,13 +79,11 @@ def not_yours(model: ModelView) -> str:
     return f"{model.name} was loaded by {owner}: only its owner or an admin can unload it"
 
 
-def gpu_button(model: ModelView, gpu: GpuStatus, may_stop: bool = True) -> GpuButton:
+def gpu_button(model: ModelView, gpu: GpuStatus) -> GpuButton:
     index = str(gpu.index)
     if gpu.state is GpuState.MODEL_LOADED and model.name in gpu.model_names and gpu.index in model.gpu_indexes:
-        if not may_stop:
-            return GpuButton(f"{BOLT} GPU {index} ({model.name})", index, "none", True, not_yours(model), "mine")
-        return GpuButton(f"{BOLT} GPU {index} ({model.name})", index, "unload", False,
-                         f"{model.name} runs on GPU {index} ({model.state.value}): click to unload it", "mine")
+        return GpuButton(f"{BOLT} GPU {index} ({model.name})", index, "details", False,
+                         f"{model.name} runs on GPU {index} ({model.state.value}): click for its details", "mine")
     if gpu.state is GpuState.MODEL_LOADED:
         other = gpu.model_name or "another model"
         return GpuButton(f"{BOLT} GPU {index} ({other})", index, "none", True,
@@ -50,24 +99,22 @@ def gpu_button(model: ModelView, gpu: GpuStatus, may_stop: bool = True) -> GpuBu
     return GpuButton(f"GPU {index}", index, "load", False, f"Load {model.name} on GPU {index}", "idle")
 
 
-def cpu_button(model: ModelView, may_stop: bool = True) -> GpuButton:
-    if model.on_cpu and not may_stop:
-        return GpuButton(f"{BOLT} CPU ({model.name})", "cpu", "none", True, not_yours(model), "mine")
+def cpu_button(model: ModelView) -> GpuButton:
     if model.on_cpu:
-        return GpuButton(f"{BOLT} CPU ({model.name})", "cpu", "unload", False,
-                         f"{model.name} runs on the CPU ({model.state.value}): click to unload it", "mine")
+        return GpuButton(f"{BOLT} CPU ({model.name})", "cpu", "details", False,
+                         f"{model.name} runs on the CPU ({model.state.value}): click for its details", "mine")
     if model.loaded:
         return GpuButton("CPU", "cpu", "none", True, f"{model.name} is already loaded: unload it first", "busy-model")
     return GpuButton("CPU", "cpu", "load", False, f"Load {model.name} on the CPU", "idle")
 
 
-def buttons_for(model: ModelView, status: StatusDocument, may_stop: bool = True) -> list[GpuButton]:
+def buttons_for(model: ModelView, status: StatusDocument) -> list[GpuButton]:
     """One button per detected GPU (GPU 0 .. GPU N-1), or one CPU button in CPU mode. Unreadable
-    GPUs: the last known ones, disabled with the reason, and the CPU button. A model the viewer
-    may not stop (``may_stop`` False) shows its GPUs without the unload action."""
+    GPUs: the last known ones, disabled with the reason, and the CPU button. A model's own GPU
+    opens its details; the model's Unload button is the one way to unload it."""
     if status.cpu_mode:
-        return [cpu_button(model, may_stop)]
-    buttons = [gpu_button(model, gpu, may_stop) for gpu in status.gpus]
+        return [cpu_button(model)]
+    buttons = [gpu_button(model, gpu) for gpu in status.gpus]
     if status.unreadable:
-        buttons.append(cpu_button(model, may_stop))
+        buttons.append(cpu_button(model))
     return buttons
