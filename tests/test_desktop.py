@@ -48,7 +48,8 @@ def xorg(mib: int = 300, kind: str | None = "G", name: str = "/usr/lib/xorg/Xorg
     ("...h_cw5n1h2txyewy\\SearchApp.exe", "C+G", True),  # nvidia-smi's table cuts paths at the front
     ("/usr/lib/xorg/Xorg", "G", True),
     ("/usr/bin/gnome-shell", "G", True),
-    ("gnome-shell", None, True),  # the compute-apps CSV has no type: the name decides
+    ("gnome-shell", None, False),  # the compute-apps CSV gives no type: it lists compute processes
+    ("C:\\Windows\\System32\\dwm.exe", "M+C", False),  # MPS
     ("C:\\Windows\\System32\\dwm.exe", "C", False),  # a CUDA program called dwm.exe is not the desktop
     ("/home/mallory/Xorg", "C", False),
     ("...rtMenuExperienceHost.exe", "C+G", False),  # the name itself was cut: unknown
@@ -104,19 +105,37 @@ def test_user_apps_left_out_of_the_list_still_count() -> None:
     assert classify(no_ollama, 30, desktop=everything).gpus[0].state is GpuState.IDLE
 
 
-@pytest.mark.parametrize(("used", "extra_mib", "state", "said"), [
-    (310, 0, GpuState.IDLE, "idle: desktop 300 MiB (Xorg) not counted; 10 MiB other use <= 30 MiB"),
-    (331, 0, GpuState.OCCUPIED_BY_OTHERS, "331 MiB used, 31 MiB of it not the desktop's > 30 MiB"),
-    (700, 400, GpuState.OCCUPIED_BY_OTHERS, "700 MiB used, 400 MiB of it not the desktop's > 30 MiB; PID 77"),
+@pytest.mark.parametrize(("used", "extra_mib", "state", "said", "desktop_mib"), [
+    (310, 0, GpuState.IDLE, "idle: desktop 310 MiB (Xorg) not counted; 0 MiB other use <= 30 MiB", 310),
+    # only the desktop listed, but far more used: a job the host does not list (WSL2, a container)
+    (2400, 0, GpuState.OCCUPIED_BY_OTHERS, "2400 MiB used, 352 MiB of it not the desktop's > 30 MiB", 2048),
+    (700, 400, GpuState.OCCUPIED_BY_OTHERS, "700 MiB used, 400 MiB of it not the desktop's > 30 MiB; PID 77", 300),
 ])
 def test_linux_the_desktops_share_is_taken_off_what_is_used(used: int, extra_mib: int, state: GpuState,
-                                                            said: str) -> None:
-    """Known figures (Linux reports them): what is left after the desktop's share decides; memory
-    no process accounts for (another container) still counts."""
+                                                            said: str, desktop_mib: int) -> None:
+    """Known figures (Linux reports them): what is left after the desktop's share decides. With only
+    the desktop listed, unlisted memory is the desktop's up to desktop_memory_limit_mib, never more."""
     cuda = GpuProcess(pid=77, name="python3", type="C", used_memory_mib=extra_mib, gpu_index=0)
     others = (cuda,) if extra_mib else ()
     gpu = classify(linux(xorg(), *others, used=used), 30, desktop=DEFAULT).gpus[0]
-    assert gpu.state is state and said in gpu.reason and gpu.desktop_memory_mib == 300
+    assert gpu.state is state and said in gpu.reason and gpu.desktop_memory_mib == desktop_mib
+
+
+@pytest.mark.parametrize("kind", ["G", "C+G"])
+def test_no_name_hides_more_than_the_limit(kind: str) -> None:
+    """`exec -a Xorg python train.py` with a graphics context: at most the limit is credited."""
+    impostor = xorg(mib=21_900, kind=kind, name="/home/eve/Xorg")
+    gpu = classify(linux(impostor, used=22_000), 30, desktop=DEFAULT).gpus[0]
+    assert gpu.state is GpuState.OCCUPIED_BY_OTHERS and gpu.desktop_memory_mib == 2048
+    strict = classify(linux(impostor, used=22_000), 30, desktop=DesktopRule.of(DEFAULT_DESKTOP_PROCESSES, 0)).gpus[0]
+    assert strict.state is GpuState.OCCUPIED_BY_OTHERS and strict.desktop_memory_mib == 0
+
+
+def test_wddm_desktop_alone_with_a_job_the_host_does_not_list_is_busy() -> None:
+    """Only dwm.exe listed (N/A, as WDDM prints it) but 22 GB used: a WSL2 or GPU-P job."""
+    dwm = GpuProcess(pid=2056, name="C:\\Windows\\System32\\dwm.exe", type="C+G", gpu_index=0)
+    gpu = classify(linux(dwm, used=22_000), 30, desktop=DEFAULT).gpus[0]
+    assert gpu.state is GpuState.OCCUPIED_BY_OTHERS and gpu.desktop_memory_mib == 2048
 
 
 def test_a_compute_process_named_like_the_desktop_makes_the_gpu_busy() -> None:

@@ -45,3 +45,12 @@ def test_a_valid_record_needs_a_finite_start_time(tmp_path: Path) -> None:
     path = tmp_path / "x.model.json"
     path.write_text(json.dumps({"pid": 4242, "start_time": 1.5}), encoding="utf-8")
     assert read_model_record(path) == (4242, 1.5)
+
+
+def test_records_nested_past_the_parsers_depth_are_no_records(tmp_path: Path) -> None:
+    from gpuwarden.process.exitrecord import read_stop_request
+
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+    assert read_exit_record(deep) is None and read_model_record(deep) is None
+    assert read_stop_request(deep) == 0.0  # a stop request that does not decode: stop now

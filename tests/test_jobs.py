@@ -155,6 +155,23 @@ def test_the_load_lasts_while_its_job_runs_and_unload_stops_the_orphan(fake_smi:
 
 
 @windows_only
+def test_a_killed_launcher_leaves_the_job_findable_and_nothing_untracked(fake_smi: FakeSmi, tmp_path: Path) -> None:
+    """The model holds a handle to its job, so its name outlives a launcher killed from Task Manager:
+    supervision finds the model and its grandchild through the job and stops both."""
+    controller = controller_for(tmp_path / "state", model_command("--child"))
+    controller.load("m", parse_selection("0"))
+    assert wait_for(lambda: len(registered(fake_smi)) == 2, 30)
+    running = registered(fake_smi)
+    view = controller.models()[0]
+    psutil.Process(view.pid).kill()  # the launcher
+    job = jobs.open_job(exit_path_for(Path(str(view.log_path))))
+    assert job is not None and set(running) <= job.pids()
+    job.close()
+    assert wait_for(lambda: (controller.reconcile(), controller.models()[0].state)[1] == "failed", 20)
+    assert wait_for(lambda: all(gone(pid) for pid in running), 10)
+
+
+@windows_only
 def test_a_squatted_job_name_is_never_used(fake_smi: FakeSmi, tmp_path: Path) -> None:
     """Someone who created the job's name first gets nothing: the model runs without a job, and an
     unload still stops it."""
@@ -180,7 +197,7 @@ def test_own_standing_reads_the_job_gpuwarden_runs_in(tmp_path: Path) -> None:
         code = "from gpuwarden.process import jobs; s = jobs.own_standing(); print(s.in_job, s.note() is not None)"
         child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                                  creationflags=jobs.CREATE_SUSPENDED)
-        job.adopt(child.pid)
+        job.adopt(int(child._handle))  # type: ignore[attr-defined]
         output, _ = child.communicate(timeout=60)
         assert output.decode().split() == ["True", "True"]
     finally:
@@ -227,7 +244,7 @@ def test_models_outlive_a_wrapper_job_only_where_it_allows_breakaway(fake_smi: F
     gpuwarden = subprocess.Popen([sys.executable, "-c", LAUNCH_FROM_A_WRAPPER, str(tmp_path / "logs"),
                                   json.dumps(model_command())], stdout=subprocess.PIPE,
                                  creationflags=jobs.CREATE_SUSPENDED)
-    wrapper.adopt(gpuwarden.pid)
+    wrapper.adopt(int(gpuwarden._handle))  # type: ignore[attr-defined]
     output, _ = gpuwarden.communicate(timeout=60)
     pid, start_time, log = json.loads(output)
     assert wait_for(lambda: registered(fake_smi), 30)

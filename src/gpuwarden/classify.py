@@ -226,7 +226,7 @@ def classify_gpu(
     models = tuple(p.model_name for p in placements if gpu.index in p.gpu_indexes)
     used = gpu.memory_used_mib
     unattributed = _unattributed(used, infos)
-    desktop_mib = _desktop_mib(used, infos)
+    desktop_mib = _desktop_mib(used, infos, desktop.memory_limit_mib)
     shared = False
     if models:
         state = GpuState.MODEL_LOADED
@@ -256,16 +256,17 @@ def classify_gpu(
         fan_percent=gpu.fan_percent)
 
 
-def _desktop_mib(used: int | None, processes: Sequence[ProcessInfo]) -> int | None:
-    """What the desktop's processes hold (None: there are none). Where their figures are missing
-    (Windows WDDM prints N/A) and nothing else is listed, the desktop holds all that is used: it is
-    all there is. With anything else listed, only figures that are known count."""
+def _desktop_mib(used: int | None, processes: Sequence[ProcessInfo], limit_mib: int) -> int | None:
+    """What the desktop is credited with (None: no desktop process here), never above ``limit_mib``.
+    Where only the desktop is listed, the memory nobody is listed for (the driver's own, and under
+    Windows' WDDM every figure is N/A) is the desktop's too, up to the limit: a job the host does not
+    list (WSL2, a container) still shows above it. With anything else listed, only known figures count."""
     desktop = [p for p in processes if p.desktop]
     if not desktop:
         return None
-    if used is not None and len(desktop) == len(processes) and any(p.used_memory_mib is None for p in desktop):
-        return used
-    return sum(p.used_memory_mib or 0 for p in desktop)
+    known = sum(p.used_memory_mib or 0 for p in desktop)
+    credited = max(used or 0, known) if len(desktop) == len(processes) else known
+    return min(credited, limit_mib)
 
 
 def _idle_reason(used: int, processes: Sequence[ProcessInfo], desktop_mib: int | None, threshold_mib: int) -> str:

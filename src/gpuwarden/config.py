@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from gpuwarden.desktop import DEFAULT_DESKTOP_PROCESSES
+from gpuwarden.desktop import DEFAULT_DESKTOP_MEMORY_LIMIT_MIB, DEFAULT_DESKTOP_PROCESSES
 from gpuwarden.desktop import MAX_NAME_CHARS as MAX_PROGRAM_NAME_CHARS
 from gpuwarden.people import AuthMode
 from gpuwarden.runtime import RUNTIME_SETTING_RANGES
@@ -163,8 +163,11 @@ class Settings(BaseSettings):
     desktop_processes: tuple[str, ...] = Field(
         default=DEFAULT_DESKTOP_PROCESSES, description="Programs of the desktop (window manager, shell, X server) "
         "whose GPU memory is shown but does not make a GPU occupied by someone else, so a display GPU stays "
-        "loadable; names without folder, case-insensitive, '.exe' optional. A compute-only (CUDA) process never "
-        "counts as desktop. [] counts every process.")
+        "loadable; names without folder, case-insensitive, '.exe' optional. Only a process that draws (type G or "
+        "C+G) counts as desktop. [] counts every process.")
+    desktop_memory_limit_mib: int = Field(
+        default=DEFAULT_DESKTOP_MEMORY_LIMIT_MIB, ge=0, le=1_000_000, description="The most GPU memory the desktop's "
+        "processes are credited with on one GPU; any use above it counts, whatever the processes are called.")
     models: tuple[ModelConfig, ...] = Field(default=(), description="The models users can load ([[models]]).")
     _notes: tuple[str, ...] = PrivateAttr(default=())
 

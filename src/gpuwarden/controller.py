@@ -67,7 +67,7 @@ class Controller:
         self.processes = processes
         self.clock = clock
         self._runtime = RuntimeSettings.from_settings(settings)
-        self.desktop = DesktopRule.of(settings.desktop_processes)
+        self.desktop = DesktopRule.of(settings.desktop_processes, settings.desktop_memory_limit_mib)
         self._runtime_lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._changes = threading.Lock()

@@ -2,9 +2,15 @@
 is shown but does not make a GPU "occupied by someone else". The rule is data, from the
 ``desktop_processes`` setting: a list of process names.
 
-Process names are untrusted (anyone can call a program ``dwm.exe``), so a name alone is not enough:
-a process that nvidia-smi reports as compute only (type ``C``: CUDA) is never the desktop's,
-whatever its name. Desktop processes draw (type ``G`` or ``C+G``).
+Process names are untrusted (anyone can call a program ``dwm.exe``, or start one as ``exec -a Xorg``),
+and some memory is listed for nobody (a WSL2 or container job the host's nvidia-smi does not list), so:
+
+- a process is the desktop's only if nvidia-smi says it draws (type ``G`` or ``C+G``) and its program
+  has a listed name; a compute-only process (``C``, CUDA), an MPS one, or one whose type the output
+  does not give (the compute-apps CSV) never is;
+- what the desktop is credited with on one GPU never exceeds ``memory_limit_mib``
+  (``desktop_memory_limit_mib``), so no name and no unlisted memory can make a busy GPU look idle
+  beyond that.
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ DEFAULT_DESKTOP_PROCESSES: tuple[str, ...] = (
     "Xorg", "X", "Xwayland", "gnome-shell", "kwin_x11", "kwin_wayland", "plasmashell", "cinnamon",
     "mutter", "xfwm4", "sway", "Hyprland", "gdm-x-session",
 )
-COMPUTE_ONLY = "C"
+DRAWS = "G"
 MAX_NAME_CHARS = 128
+DEFAULT_DESKTOP_MEMORY_LIMIT_MIB = 2048
 
 
 def _normalized(name: str) -> str:
@@ -43,17 +50,20 @@ def base_name(process_name: str) -> str | None:
 
 @dataclass(frozen=True)
 class DesktopRule:
-    """The desktop's process names, normalized once."""
+    """The desktop's process names, normalized once, and the most memory the desktop is credited with
+    on one GPU."""
 
     names: frozenset[str] = frozenset()
+    memory_limit_mib: int = DEFAULT_DESKTOP_MEMORY_LIMIT_MIB
 
     @classmethod
-    def of(cls, names: Iterable[str]) -> DesktopRule:
-        return cls(frozenset(_normalized(name) for name in names if name.strip()))
+    def of(cls, names: Iterable[str], memory_limit_mib: int = DEFAULT_DESKTOP_MEMORY_LIMIT_MIB) -> DesktopRule:
+        return cls(frozenset(_normalized(name) for name in names if name.strip()), max(0, memory_limit_mib))
 
     def matches(self, process_name: str, process_type: str | None) -> bool:
-        """Is this process the desktop's? Its program's name is listed, and it is not compute only."""
-        if not self.names or (process_type or "").strip().upper() == COMPUTE_ONLY:
+        """Is this process the desktop's? It draws, and its program's name is listed."""
+        kinds = {kind.strip() for kind in (process_type or "").upper().split("+")}
+        if not self.names or DRAWS not in kinds:
             return False
         name = base_name(process_name)
         return name is not None and _normalized(name) in self.names

@@ -38,11 +38,15 @@ def registry_dir(state_dir: Path) -> Path:
 def register_this_process(folder: Path, gpu_indexes: list[int], memory_mib: int) -> Path:
     """Register the calling demo model process (atomically: a reader never sees half a file)."""
     me = psutil.Process()
+    try:
+        name = me.name()
+    except (psutil.Error, OSError):  # Wine cannot tell a process's name; Windows and Linux can
+        name = Path(sys.executable).name
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{me.pid}.json"
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(json.dumps({"pid": me.pid, "start_time": me.create_time(), "gpus": gpu_indexes,
-                                     "memory_mib": memory_mib, "name": me.name()}), encoding="utf-8")
+                                     "memory_mib": memory_mib, "name": name}), encoding="utf-8")
     temporary.replace(path)
     return path
 
@@ -72,17 +76,23 @@ def _running(pid: int, start_time: float) -> bool:
 
 
 def registered_models(folder: Path) -> list[DemoModelProcess]:
-    """The demo model processes registered in ``folder`` that still run."""
+    """The demo model processes registered in ``folder`` that still run (the registrations of those
+    that ended are removed)."""
     found = []
     with contextlib.suppress(OSError):
         for path in sorted(folder.glob("*.json"))[:MAX_REGISTERED]:
             try:
                 with path.open("rb") as handle:
                     decoded = _decoded(json.loads(handle.read(MAX_FILE_BYTES)))
-            except (OSError, ValueError):
+            except (OSError, ValueError, RecursionError):
                 continue
-            if decoded is not None and _running(decoded[0].pid, decoded[1]):
+            if decoded is None:
+                continue
+            if _running(decoded[0].pid, decoded[1]):
                 found.append(decoded[0])
+            else:  # a demo model killed before it could remove its registration
+                with contextlib.suppress(OSError):
+                    path.unlink()
     return found
 
 

@@ -107,7 +107,7 @@ def _read_json(path: Path | None) -> dict[str, object] | None:
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: [[[[...]]]] nested past the parser's depth
         return None
     return data if isinstance(data, dict) else None
 

@@ -38,6 +38,7 @@ from gpuwarden.process.exitrecord import (
 START_TIME_TOLERANCE_SECONDS = 0.5
 LAUNCHER_EXIT_GRACE_SECONDS = 3.0  # Windows: a launcher writes its exit record this long after its model
 FORCED_STOP_WAIT_SECONDS = 1.0
+STOP_REQUEST_GRACE_SECONDS = 15.0  # a launcher forces its model at the grace's end; freeing GPU memory takes time
 LOG_TAIL_LINES = 20
 LOG_TAIL_BYTES = 16 * 1024
 
@@ -168,16 +169,22 @@ class LocalProcessHost:
         if self._breakaway_flags is None:
             self._breakaway_flags = jobs.own_standing().launch_flags
         with log_path.open("ab") as log:
-            while True:
-                try:
-                    child: subprocess.Popen[bytes] = subprocess.Popen(
-                        shim, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=dict(env),
-                        cwd=str(cwd), **_detach_options(self._breakaway_flags))  # type: ignore[call-overload]
-                    return child
-                except PermissionError:
-                    if not self._breakaway_flags:
-                        raise
-                    self._breakaway_flags = 0
+            def start(flags: int) -> subprocess.Popen[bytes]:
+                child: subprocess.Popen[bytes] = subprocess.Popen(
+                    shim, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=dict(env),
+                    cwd=str(cwd), **_detach_options(flags))  # type: ignore[call-overload]
+                return child
+
+            try:
+                return start(self._breakaway_flags)
+            except PermissionError:
+                if not self._breakaway_flags:
+                    raise
+            child = start(0)  # denied for the breakaway alone only if this start succeeds
+            self._breakaway_flags = 0
+            print("gpuwarden: the job object gpuwarden runs in does not let models leave it: they stop when"
+                  " that job is ended (see the README's Windows notes)", file=sys.stderr, flush=True)
+            return child
 
     def find_launcher(self, log_path: Path) -> tuple[int, float] | None:
         """The launcher's command line is ``python -m gpuwarden.process.shim <its exit record> -- ...``,
@@ -250,15 +257,20 @@ class LocalProcessHost:
             root.wait(timeout=LAUNCHER_EXIT_GRACE_SECONDS)
         except (psutil.Error, OSError):
             _terminate([root], FORCED_STOP_WAIT_SECONDS)
+            exit_path = exit_path_for(log_path)
+            if exit_path is not None:  # killed while writing its record, perhaps
+                with contextlib.suppress(OSError):
+                    exit_path.with_name(exit_path.name + ".tmp").unlink(missing_ok=True)
 
     def _launcher_stopped(self, root: psutil.Process, log_path: Path | None, timeout_seconds: float) -> bool:
-        """Ask the launcher to stop its model, and wait for it to end: did it?"""
+        """Ask the launcher to stop its model, and wait for it to end: did it? It forces the model
+        after ``timeout_seconds``; a model that holds many GiB may take a while more to be gone."""
         stop_path = stop_path_for(log_path)
         if stop_path is None:
             return False
         try:
             write_stop_request(stop_path, timeout_seconds)
-            root.wait(timeout=timeout_seconds + LAUNCHER_EXIT_GRACE_SECONDS)
+            root.wait(timeout=timeout_seconds + STOP_REQUEST_GRACE_SECONDS)
             return True
         except (psutil.Error, OSError):
             return False

@@ -4,9 +4,10 @@ grandchildren whose parent has already exited (a walk of the process tree cannot
 The launcher (:mod:`gpuwarden.process.shim`) creates a job named after its load, starts the model
 suspended, puts it in the job and resumes it: everything the model starts is in the job too, and
 cannot leave it (the job allows no breakaway). The job has no kill-on-close: models outlive the
-launcher and gpuwarden alike. The launcher keeps the job's handle until the job is empty, so the job
-can be opened by its name (a name vanishes with its last handle): the host lists its members and
-terminates it. Everything here is ctypes over kernel32; elsewhere the functions say it is Windows only.
+launcher and gpuwarden alike. The launcher keeps the job's handle until the job is empty, and the
+model holds one too, so the job can be opened by its name (a name vanishes with its last handle)
+while either runs: the host lists its members and terminates it. Everything here is ctypes over
+kernel32; elsewhere the functions say it is Windows only.
 """
 
 from __future__ import annotations
@@ -22,9 +23,6 @@ ERROR_ACCESS_DENIED = 5
 JOB_OBJECT_ASSIGN_PROCESS = 0x0001
 JOB_OBJECT_QUERY = 0x0004
 JOB_OBJECT_TERMINATE = 0x0008
-PROCESS_TERMINATE = 0x0001
-PROCESS_SET_QUOTA = 0x0100
-PROCESS_SUSPEND_RESUME = 0x0800
 CREATE_SUSPENDED = 0x00000004
 CREATE_BREAKAWAY_FROM_JOB = 0x01000000
 JOB_OBJECT_LIMIT_BREAKAWAY_OK = 0x0800
@@ -91,6 +89,9 @@ if sys.platform == "win32":
     _kernel32.IsProcessInJob.argtypes = [wintypes.HANDLE, wintypes.HANDLE, ctypes.POINTER(wintypes.BOOL)]
     _kernel32.GetCurrentProcess.restype = wintypes.HANDLE
     _kernel32.CloseHandle.argtypes = [wintypes.HANDLE]
+    _kernel32.DuplicateHandle.argtypes = [wintypes.HANDLE, wintypes.HANDLE, wintypes.HANDLE,
+                                          ctypes.POINTER(wintypes.HANDLE), wintypes.DWORD, wintypes.BOOL,
+                                          wintypes.DWORD]
     _ntdll.NtResumeProcess.argtypes = [wintypes.HANDLE]
 
     class _Accounting(ctypes.Structure):
@@ -124,18 +125,18 @@ if sys.platform == "win32":
         def __init__(self, handle: int) -> None:
             self._handle = handle
 
-        def adopt(self, pid: int) -> None:
-            """Put a process started suspended in the job, and let it run (also when that fails)."""
-            process = _kernel32.OpenProcess(PROCESS_SET_QUOTA | PROCESS_TERMINATE | PROCESS_SUSPEND_RESUME,
-                                            False, pid)
-            if not process:
-                raise _error(f"cannot open process {pid}")
+        def adopt(self, process_handle: int) -> None:
+            """Put a process started suspended in the job, and let it run (also when that fails). Its
+            handle (Popen's) has every right; a handle to the job is left in it, so the job keeps its
+            name while the model runs, even if the launcher is killed."""
             try:
-                if not _kernel32.AssignProcessToJobObject(self._handle, process):
+                if not _kernel32.AssignProcessToJobObject(self._handle, process_handle):
                     raise _error("cannot put the model in its job object")
+                shared = wintypes.HANDLE()
+                _kernel32.DuplicateHandle(_kernel32.GetCurrentProcess(), self._handle, process_handle,
+                                          ctypes.byref(shared), JOB_OBJECT_QUERY, False, 0)  # query only
             finally:
-                _ntdll.NtResumeProcess(process)
-                _kernel32.CloseHandle(process)
+                _ntdll.NtResumeProcess(process_handle)
 
         def active_processes(self) -> int:
             info = _Accounting()
@@ -203,7 +204,7 @@ else:
     class Job:
         """Job objects are Windows only: nothing here ever creates one."""
 
-        def adopt(self, pid: int) -> None:
+        def adopt(self, process_handle: int) -> None:
             raise OSError("job objects are Windows only")
 
         def active_processes(self) -> int:

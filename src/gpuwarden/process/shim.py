@@ -121,7 +121,7 @@ def _contain(job: jobs.Job | None, child: subprocess.Popen[bytes]) -> jobs.Job |
     if job is None:
         return None
     try:
-        job.adopt(child.pid)
+        job.adopt(int(getattr(child, "_handle")))  # noqa: B009 - Popen's own handle, with every right
     except OSError as error:
         _say(f"the model runs without a job object ({error.strerror or error})")
         job.close()
@@ -162,7 +162,16 @@ class _Watch:
         self.deadline: float | None = None
 
     def run(self) -> int:
-        """The model's exit code, once the model and (Windows) everything in its job have ended."""
+        """The model's exit code, once the model and (Windows) everything in its job have ended. A job
+        that cannot be read any more is left to the host (the launcher still records the exit)."""
+        while True:
+            try:
+                return self._watch()
+            except OSError as error:
+                _say(f"cannot watch the model's job object any more ({error}); watching the model alone")
+                self.job = None
+
+    def _watch(self) -> int:
         while True:
             if self.code is None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
