@@ -47,17 +47,29 @@ SPARK_WIDTH = 120
 SPARK_HEIGHT = 28
 
 
+MIN_SPARK_SPAN_SECONDS = 60
+
+
+def spark_span_seconds(samples: tuple[Sample, ...]) -> float:
+    """The time a sparkline spans: the readings kept (a server just started has minutes, not an
+    hour), at least a minute, at most the hour."""
+    if len(samples) < 2:
+        return MIN_SPARK_SPAN_SECONDS
+    span = (samples[-1].at - samples[0].at).total_seconds()
+    return min(max(span, MIN_SPARK_SPAN_SECONDS), WINDOW_SECONDS)
+
+
 def sparkline(samples: tuple[Sample, ...], field: str, maximum: float | None) -> str | None:
-    """SVG polyline points for the last hour of ``field`` (memory_used_mib or utilization_percent),
-    scaled to ``maximum``; None where fewer than two readings say anything."""
+    """SVG polyline points for ``field`` (memory_used_mib or utilization_percent) over the readings
+    kept (:func:`spark_span_seconds`), scaled to ``maximum``; None where fewer than two say anything."""
     points = [(s.at, getattr(s, field)) for s in samples if getattr(s, field) is not None]
     if len(points) < 2 or not maximum:
         return None
-    newest = points[-1][0]
+    newest, span_seconds = points[-1][0], spark_span_seconds(samples)
     coordinates = []
     for at, value in points:
         age_seconds = (newest - at).total_seconds()
-        x = SPARK_WIDTH * (1 - min(age_seconds, WINDOW_SECONDS) / WINDOW_SECONDS)
+        x = SPARK_WIDTH * (1 - min(age_seconds, span_seconds) / span_seconds)
         y = SPARK_HEIGHT * (1 - min(max(value / maximum, 0.0), 1.0))
         coordinates.append(f"{x:.1f},{y:.1f}")
     return " ".join(coordinates)
