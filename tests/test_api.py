@@ -125,7 +125,7 @@ async def test_dashboard_page_and_fragments(client: httpx.AsyncClient) -> None:
     assert (await client.get("/dashboard")).status_code == 200
     js = await client.get("/vendor/htmx.min.js")
     assert js.status_code == 200 and b"htmx" in js.content[:2000]
-    assert (await client.get("/vendor/htmx-sse.min.js")).status_code == 200
+    assert (await client.get("/vendor/htmx-sse.min.js")).status_code == 404  # no extension: dashboard.js
     assert (await client.get("/vendor/../../etc/passwd")).status_code == 404
     assert (await client.get("/docs")).status_code == 200
     assert "/api/models/{name}/load" in (await client.get("/openapi.json")).json()["paths"]

@@ -88,3 +88,17 @@ def test_traversal_is_not_found(app: ASGIApp, raw: str) -> None:
         status, body = asyncio.run(raw_get(app, path, raw))
         assert status == 404, (path, status, body[:200])
         assert b"root:" not in body and b"[project]" not in body, path
+
+
+def test_a_missing_htmx_package_stops_serve_with_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from gpuwarden.config import ConfigError
+    from gpuwarden.web import assets, server
+
+    assets.check_assets()  # installed: nothing to say
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(assets.AssetMissing, match="django-js-lib-htmx"):
+        assets.check_assets()
+    with pytest.raises(ConfigError, match="reinstall gpuwarden"):
+        server.run_server(None)  # type: ignore[arg-type] - stops before it reads a setting

@@ -14,6 +14,7 @@ from gpuwarden.errors import StateUnavailable
 from gpuwarden.people import AuthMode
 from gpuwarden.process.jobs import JobStanding, own_standing
 from gpuwarden.web.app import create_app, exposure_refusal
+from gpuwarden.web.assets import AssetMissing, check_assets
 from gpuwarden.web.guard import is_loopback
 
 OPEN_ON_LOOPBACK = ("auth = \"none\": every account on this machine can load and unload every model through"
@@ -40,6 +41,10 @@ def start_notes(settings: Settings, standing: JobStanding | None = None) -> list
 
 
 def run_server(settings: Settings) -> None:
+    try:
+        check_assets()
+    except AssetMissing as error:
+        raise ConfigError(str(error)) from None
     for note in start_notes(settings):
         print(f"gpuwarden: {note}", flush=True)
     controller = build_controller(settings)

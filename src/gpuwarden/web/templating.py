@@ -14,5 +14,6 @@ templates.env.globals.update(
     interval_label=present.interval_label, duration_label=present.duration_label,
     gpu_state_label=present.gpu_state_label, model_state_label=present.model_state_label,
     desktop_note=present.desktop_note, telemetry_text=present.telemetry_text,
-    memory_segments=views.memory_segments, sparkline=views.sparkline, spark_span_seconds=views.spark_span_seconds, iso_time=present.iso_time,
+    memory_segments=views.memory_segments, sparkline=views.sparkline, spark_span_seconds=views.spark_span_seconds,
+    iso_time=present.iso_time,
     buttons_for=views.buttons_for, not_yours=views.not_yours)

@@ -95,6 +95,22 @@
   document.body.addEventListener("htmx:sendError", function () {
     toast({ok: false, message: "gpuwarden cannot be reached: is the server running?"});
   });
+  // Server-sent events: "update" when a model or a GPU changed. The open dashboards fetch the new
+  // content once, spread over a short jitter so that a hundred of them do not ask at the same moment.
+  // EventSource reconnects by itself (the server asks for 2 s) after a restart of gpuwarden.
+  var live = document.getElementById("live-updates");
+  var pending = null;
+  if (live && window.EventSource && window.htmx) {
+    new EventSource(live.getAttribute("data-events")).addEventListener("update", function () {
+      if (pending) { return; }
+      pending = setTimeout(function () {
+        pending = null;
+        if (document.getElementById("dashboard-content")) {
+          htmx.ajax("GET", "/dashboard/refresh?probe=false", {target: "#dashboard-content", swap: "outerHTML"});
+        }
+      }, Math.random() * 300);
+    });
+  }
   syncClock();
   tick();
   document.querySelectorAll("form.multi").forEach(syncMultiSelect);
