@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -127,7 +128,14 @@ async def test_dashboard_page_and_fragments(client: httpx.AsyncClient) -> None:
     assert js.status_code == 200 and b"htmx" in js.content[:2000]
     assert (await client.get("/vendor/htmx-sse.min.js")).status_code == 404  # no extension: dashboard.js
     assert (await client.get("/vendor/../../etc/passwd")).status_code == 404
-    assert (await client.get("/docs")).status_code == 200
+    docs = await client.get("/docs")
+    assert docs.status_code == 200 and "https://" not in docs.text  # Swagger UI from gpuwarden itself
+    assets = re.findall(r'(?:src|href)="(/static-offline-docs/[^"]+)"', docs.text)
+    assert len(assets) >= 2
+    for url in assets:
+        assert (await client.get(url)).status_code == 200, url
+    redoc = await client.get("/redoc")
+    assert redoc.status_code == 200 and "https://cdn" not in redoc.text
     assert "/api/models/{name}/load" in (await client.get("/openapi.json")).json()["paths"]
 
 

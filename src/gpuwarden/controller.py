@@ -41,6 +41,7 @@ from gpuwarden.records import ModelState, ModelView, PlacementRecord, PlacementV
 from gpuwarden.runtime import RuntimeSettings
 from gpuwarden.store import STATE_DATABASE, Store, StoreError
 from gpuwarden.supervision import Supervision
+from gpuwarden.tally import Tally
 
 SYSTEM = Actor.system()  # gpuwarden acting on its own (stop_models_on_exit), and tests
 
@@ -68,6 +69,7 @@ class Controller:
         self.clock = clock
         self._runtime = RuntimeSettings.from_settings(settings)
         self.desktop = DesktopRule.of(settings.desktop_processes, settings.desktop_memory_limit_mib)
+        self.tally = Tally()  # counts since start, for /metrics
         self._runtime_lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._changes = threading.Lock()
@@ -126,6 +128,7 @@ class Controller:
 
     def audit(self, entry: AuditEntry) -> None:
         """Record what was refused or failed (its action wrote nothing); never fails the caller."""
+        self.tally.audited(entry)
         self.store.record_audit(entry, self.clock())
 
     # ----------------------------------------------------------------- status
@@ -202,6 +205,7 @@ class Controller:
             self.audit(AuditEntry.by(actor, AuditAction.LOAD, audit_result(error), model=name[:64],
                                      gpus=selection.gpu_indexes if selection else None, detail=str(error)))
             raise
+        self.tally.loaded(name)
         self._changed()
         return next(view for view in self.models() if view.name == name)
 

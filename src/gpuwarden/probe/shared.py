@@ -60,6 +60,20 @@ def signature(snapshot: Snapshot) -> tuple[object, ...]:
     return (snapshot.error, snapshot.gpus, snapshot.processes, snapshot.unassigned_processes)
 
 
+@dataclass(frozen=True)
+class ProbeStats:
+    """How the probes went since start (``/metrics``): one value, swapped whole after each probe."""
+
+    probes: int = 0
+    unreadable: int = 0  # probes that could not read the GPUs
+    total_seconds: float = 0.0
+    last_seconds: float | None = None
+
+    def after(self, seconds: float, snapshot: Snapshot) -> ProbeStats:
+        return ProbeStats(self.probes + 1, self.unreadable + int(snapshot.unreadable),
+                          self.total_seconds + seconds, seconds)
+
+
 class SharedSource:
     """Wraps a :class:`GpuSource`: at most one probe in flight, its snapshot shared by every waiter.
 
@@ -82,6 +96,7 @@ class SharedSource:
         self._latest_at = 0.0
         self._last_good: Snapshot | None = None
         self._history = History()
+        self._stats = ProbeStats()
 
     @property
     def description(self) -> str:
@@ -90,6 +105,10 @@ class SharedSource:
     @property
     def latest(self) -> Snapshot | None:
         return self._latest
+
+    @property
+    def stats(self) -> ProbeStats:
+        return self._stats
 
     @property
     def history(self) -> History:
@@ -136,6 +155,7 @@ class SharedSource:
     def _probe(self) -> Snapshot:
         snapshot: Snapshot | None = None
         changed = False
+        started = self._monotonic()
         try:
             snapshot = self._remembering(self._read())
         finally:
@@ -145,6 +165,7 @@ class SharedSource:
                     self._latest = snapshot
                     self._latest_at = self._monotonic()
                     self._history = self._history.adding(snapshot)
+                    self._stats = self._stats.after(self._monotonic() - started, snapshot)
                 self._generation += 1
                 self._in_flight = False
                 self._condition.notify_all()

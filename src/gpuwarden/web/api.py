@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
@@ -17,9 +17,11 @@ from gpuwarden.probe.shared import Freshness
 from gpuwarden.records import Selection, parse_selection
 from gpuwarden.runtime import RUNTIME_SETTING_RANGES
 from gpuwarden.web.auth import ActorDep
+from gpuwarden.web.metrics import metrics_text
 from gpuwarden.web.probing import probe_waiter
 
 router = APIRouter(prefix="/api", tags=["api"])
+metrics_router = APIRouter(tags=["metrics"])
 
 
 def get_controller(request: Request) -> Controller:
@@ -85,6 +87,13 @@ async def gpus_history(controller: ControllerDep) -> dict[str, Any]:
     """Every reading the server kept of the last hour (``history_interval_seconds`` apart, and at
     each refresh), oldest first."""
     return {**controller.gpus.history.to_dict(), "interval_seconds": controller.settings.history_interval_seconds}
+
+
+@metrics_router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+def prometheus_metrics(request: Request) -> Response:
+    """GPUs, models, probes and refusals in Prometheus' text format (see the README's scrape config)."""
+    body, content_type = metrics_text(request.app.state.metrics)
+    return Response(body, media_type=content_type)
 
 
 @router.get("/models", summary="Every configured model with its state")

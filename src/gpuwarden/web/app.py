@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.types import Scope
 
 from gpuwarden import __version__
@@ -38,7 +39,7 @@ from gpuwarden.errors import (
 )
 from gpuwarden.people import AuditAction, AuditEntry, AuditResult, AuthMode
 from gpuwarden.probe.shared import Freshness
-from gpuwarden.web import api, limits, login, pages
+from gpuwarden.web import api, limits, login, metrics, pages
 from gpuwarden.web.auth import SECRET_FILE, Authenticator, CookieSigner, client_address, load_secret
 from gpuwarden.web.guard import RequestGuard, allowed_host_names, is_loopback, this_machine_names
 from gpuwarden.web.probing import ProbeWaiter
@@ -123,13 +124,14 @@ def create_app(controller: Controller, *, monitor: bool = True) -> FastAPI:
             if settings.stop_models_on_exit:
                 controller.stop_all()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc from files installed with gpuwarden: no CDN, works offline
         title="gpuwarden",
         version=__version__,
         description="Load models only onto GPUs nobody else is using.",
         lifespan=lifespan,
     )
     app.state.controller = controller
+    app.state.metrics = metrics.registry_for(controller)
     app.state.accounts = accounts
     app.state.probe_waiter = ProbeWaiter(controller)
     app.state.signer = signer = CookieSigner(load_secret(settings.state_dir / SECRET_FILE))
@@ -151,6 +153,7 @@ def create_app(controller: Controller, *, monitor: bool = True) -> FastAPI:
                                                                       interfaces=interfaces),
                        on_cross_site=audit_cross_site)
     app.include_router(api.router)
+    app.include_router(api.metrics_router)
     app.include_router(login.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")

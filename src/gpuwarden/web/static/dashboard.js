@@ -101,7 +101,9 @@
   var live = document.getElementById("live-updates");
   var pending = null;
   if (live && window.EventSource && window.htmx) {
-    new EventSource(live.getAttribute("data-events")).addEventListener("update", function () {
+    var source = new EventSource(live.getAttribute("data-events"));
+    source.addEventListener("update", function () {
+      if (!document.getElementById("live-updates")) { source.close(); return; } // live updates turned off
       if (pending) { return; }
       pending = setTimeout(function () {
         pending = null;
