@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import sys
-import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -41,6 +40,8 @@ def ensure_installed() -> Path:
         sys.exit(f"gpuwarden needs Python 3.11 or newer (this is {sys.version.split()[0]})")
     python = venv_python()
     if not python.exists():
+        import venv  # only here: run.py's other parts also run where venv is missing (an embedded Python)
+
         print(f"creating {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()

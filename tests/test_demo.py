@@ -208,3 +208,21 @@ def test_the_cli_acts_on_the_demo_too(user_dirs: dict[str, str], tmp_path: Path)
         unloaded = gpuwarden("unload", "whisper-large")
     assert unloaded.returncode == 0 and "unloaded whisper-large" in unloaded.stdout, unloaded.stderr
     assert (tmp_path / "state" / "gpuwarden" / "demo" / "gpuwarden.db").is_file()
+
+
+@pytest.mark.skipif(sys.platform != "win32", reason="POSIX runs the demo in run.py's place (exec)")
+def test_windows_run_py_ends_its_server_however_it_ends(tmp_path: Path) -> None:
+    """run.py holds the demo server in a kill-on-close job: killing run.py by its PID (TerminateProcess,
+    no handler runs) ends the server too."""
+    script = (f"import subprocess, sys, time; sys.path.insert(0, {str(REPO)!r}); import run; "
+              "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+              "run._end_with_this_process(child.pid); print(child.pid, flush=True); time.sleep(120)")
+    runner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(runner.stdout.readline())  # type: ignore[union-attr]
+        assert psutil.pid_exists(server_pid)
+        runner.kill()
+        runner.wait(20)
+        assert wait_for(lambda: not psutil.pid_exists(server_pid), 20)
+    finally:
+        stop_demo(runner)
