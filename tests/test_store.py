@@ -78,7 +78,7 @@ def test_settings_saved_by_another_process_reach_the_server(tmp_path: Path) -> N
     server = controller_on(state_dir)
     assert server.reconcile() is False  # the server's first pass: nothing changed yet
     assert server.status().gpu(1).state is GpuState.OCCUPIED_BY_OTHERS  # type: ignore[union-attr]
-    version = server.version
+    version = server.changes.version
 
     cli = controller_on(state_dir)  # e.g. a second gpuwarden process on the same state dir
     cli.update_settings({"memory_threshold_mib": 500})
@@ -88,7 +88,7 @@ def test_settings_saved_by_another_process_reach_the_server(tmp_path: Path) -> N
     assert server.reconcile() is True
     assert server.runtime.memory_threshold_mib == 500
     assert server.runtime.refresh_interval_seconds == 300
-    assert server.version > version
+    assert server.changes.version > version
     assert [g.state for g in server.status().gpus] == [GpuState.IDLE, GpuState.IDLE]
     assert server.reconcile() is False  # seen once, not news again
 

@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from gpuwarden import rules
+from gpuwarden.changes import ChangeSignal
 from gpuwarden.classify import StatusDocument, classify
 from gpuwarden.config import ModelConfig, Settings
 from gpuwarden.desktop import DesktopRule
@@ -72,16 +73,14 @@ class Controller:
         self.tally = Tally()  # counts since start, for /metrics
         self._runtime_lock = threading.Lock()
         self._load_lock = threading.Lock()
-        self._changes = threading.Lock()
-        self.version = 0
+        self.changes = ChangeSignal()
         self._store_generation = -1
         self._supervision = Supervision(settings, store, processes)
         self._load_runtime_settings()
 
     def _changed(self) -> None:
-        """Something users see changed: the web layer pushes ``version`` to every dashboard."""
-        with self._changes:
-            self.version += 1
+        """Something users see changed: the web layer pushes it to every dashboard."""
+        self.changes.bump()
 
     # ----------------------------------------------------------------- runtime settings
 

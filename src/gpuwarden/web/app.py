@@ -41,6 +41,7 @@ from gpuwarden.people import AuditAction, AuditEntry, AuditResult, AuthMode
 from gpuwarden.probe.shared import Freshness
 from gpuwarden.web import api, limits, login, metrics, pages
 from gpuwarden.web.auth import SECRET_FILE, Authenticator, CookieSigner, client_address, load_secret
+from gpuwarden.web.events import EventHub
 from gpuwarden.web.guard import RequestGuard, allowed_host_names, is_loopback, this_machine_names
 from gpuwarden.web.probing import ProbeWaiter
 
@@ -132,6 +133,7 @@ def create_app(controller: Controller, *, monitor: bool = True) -> FastAPI:
     )
     app.state.controller = controller
     app.state.metrics = metrics.registry_for(controller)
+    app.state.events = EventHub(controller.changes)
     app.state.accounts = accounts
     app.state.probe_waiter = ProbeWaiter(controller)
     app.state.signer = signer = CookieSigner(load_secret(settings.state_dir / SECRET_FILE))

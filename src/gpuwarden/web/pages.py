@@ -8,9 +8,7 @@ a cross-site form cannot set it, so another web page cannot load or unload model
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -30,6 +28,7 @@ from gpuwarden.runtime import RUNTIME_SETTING_RANGES
 from gpuwarden.web.api import get_accounts, get_controller, selection_for
 from gpuwarden.web.assets import AssetMissing, vendor_file
 from gpuwarden.web.auth import ActorDep
+from gpuwarden.web.events import EventHub
 from gpuwarden.web.probing import probe_waiter
 from gpuwarden.web.templating import templates
 
@@ -38,9 +37,7 @@ router = APIRouter(include_in_schema=False)
 ControllerDep = Annotated[Controller, Depends(get_controller)]
 AccountsDep = Annotated[Accounts, Depends(get_accounts)]
 RECENT_ACTIVITY_ROWS = 12
-SSE_POLL_SECONDS = 0.25
 SHARED_POLL_SECONDS = 5.0  # dashboards whose periodic polls fall this close together share one probe
-SSE_KEEPALIVE_SECONDS = 15.0
 
 
 def require_htmx(request: Request) -> None:
@@ -78,7 +75,7 @@ def content_context(controller: Controller, accounts: Accounts, actor: Actor, st
         "interval": controller.runtime.refresh_interval_seconds,
         "threshold": status.threshold_mib,
         "ranges": RUNTIME_SETTING_RANGES,
-        "version": controller.version,
+        "version": controller.changes.version,
         "starting": any(m.state in (ModelState.STARTING, ModelState.STOPPING) for m in models),
     }
 
@@ -187,25 +184,11 @@ def save_settings(request: Request, controller: ControllerDep, accounts: Account
 
 
 @router.get("/events")
-async def events(request: Request, controller: ControllerDep) -> StreamingResponse:
-    """Server-sent events: ``update`` whenever a model or a GPU changes (load, unload, crash, refresh)."""
-
-    async def stream() -> AsyncIterator[str]:
-        seen = controller.version
-        yield "retry: 2000\n\n"
-        idle = 0.0
-        while not await request.is_disconnected():
-            if controller.version != seen:
-                seen = controller.version
-                idle = 0.0
-                yield f"event: update\ndata: {seen}\n\n"
-            elif idle >= SSE_KEEPALIVE_SECONDS:
-                idle = 0.0
-                yield ": keepalive\n\n"
-            await asyncio.sleep(SSE_POLL_SECONDS)
-            idle += SSE_POLL_SECONDS
-
-    return StreamingResponse(stream(), media_type="text/event-stream",
+async def events(request: Request) -> StreamingResponse:
+    """Server-sent events: ``update`` whenever a model or a GPU changes (load, unload, crash, refresh),
+    pushed the moment it happens (:mod:`gpuwarden.web.events`)."""
+    hub: EventHub = request.app.state.events
+    return StreamingResponse(hub.stream(request.is_disconnected), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
