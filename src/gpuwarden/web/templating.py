@@ -15,5 +15,5 @@ templates.env.globals.update(
     gpu_state_label=present.gpu_state_label, model_state_label=present.model_state_label,
     desktop_note=present.desktop_note, telemetry_text=present.telemetry_text,
     memory_segments=views.memory_segments, sparkline=views.sparkline, spark_span_seconds=views.spark_span_seconds,
-    iso_time=present.iso_time,
+    iso_time=present.iso_time, spark_size=(views.SPARK_WIDTH, views.SPARK_HEIGHT),
     buttons_for=views.buttons_for, not_yours=views.not_yours)
