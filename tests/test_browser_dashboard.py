@@ -158,3 +158,23 @@ def test_favicon_and_a_wide_screen(demo: Demo, page: Page) -> None:
     assert len(set(widths)) == 1  # three GPU cards side by side
     main = page.locator("main").evaluate("element => element.getBoundingClientRect().width")
     assert main > 1500
+
+
+def test_a_hidden_tab_lets_its_stream_go_and_catches_up_when_shown(demo: Demo, page: Page) -> None:
+    """Browsers give a site six connections: a tab in the background must not hold one."""
+    page.goto(demo.url)
+    refreshes: list[str] = []
+    page.on("request", lambda request: refreshes.append(request.url) if "probe=false" in request.url else None)
+    visibility = "hidden => { Object.defineProperty(document, 'hidden', {value: hidden, configurable: true});" \
+                 " document.dispatchEvent(new Event('visibilitychange')); }"
+    page.evaluate(visibility, True)
+    page.wait_for_timeout(300)
+    refreshes.clear()
+    request = urllib.request.Request(demo.url + "/api/models/whisper-large/load", method="POST",
+                                     data=b'{"gpus": "2"}', headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=30).read()
+    page.wait_for_timeout(2500)  # readings every second push changes: none reaches a hidden tab
+    assert refreshes == []
+    page.evaluate(visibility, False)
+    expect(page.locator("li.gpu[data-gpu='2']")).to_have_attribute("data-state", "model_loaded", timeout=10_000)
+    assert refreshes  # it caught up

@@ -60,6 +60,23 @@ async def test_an_idle_stream_sends_keepalives_and_a_change_made_between_waits_i
     await stream.aclose()
 
 
+def test_a_hub_serves_the_app_run_anew_on_another_loop() -> None:
+    changes = ChangeSignal()
+    hub = EventHub(changes)
+
+    async def one_update() -> str:
+        stream = hub.stream(connected)
+        await anext(stream)
+        changes.bump()
+        try:
+            return await asyncio.wait_for(anext(stream), 5)
+        finally:
+            await stream.aclose()
+
+    assert asyncio.run(one_update()).startswith("event: update")
+    assert asyncio.run(one_update()).startswith("event: update")  # a second loop: the hub follows it
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"

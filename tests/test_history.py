@@ -62,3 +62,10 @@ def test_the_json_of_the_history() -> None:
     assert document == {"window_seconds": 3600, "gpus": [
         {"index": 0, "samples": [{"at": "2026-11-27T10:00:00Z", "memory_used_mib": 500, "utilization_percent": 42}]},
         {"index": 1, "samples": [{"at": "2026-11-27T10:00:00Z", "memory_used_mib": 500, "utilization_percent": 7}]}]}
+
+
+def test_readings_more_often_than_the_cap_allows_stay_under_it() -> None:
+    history = History()
+    for tick in range(0, 2 * WINDOW_SECONDS * 2, 5):  # every 2.5 s for two hours
+        history = history.adding(reading(START + timedelta(seconds=tick / 2), 10))
+    assert len(history.of(0)) <= MAX_SAMPLES_PER_GPU + 1

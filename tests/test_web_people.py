@@ -77,6 +77,10 @@ async def test_without_a_login_nothing_but_the_login_page(app_and_controller: tu
         assert (await anonymous.get("/static/style.css")).status_code == 200
         bad_token = await anonymous.get("/api/gpus", headers={"Authorization": "Bearer gwt_forged"})
         assert bad_token.status_code == 401
+        for machine_path in ("/metrics", "/events", "/api/gpus/history"):  # programs get 401, not a login page
+            answer = await anonymous.get(machine_path)
+            assert answer.status_code == 401 and answer.headers["www-authenticate"].startswith("Bearer"), machine_path
+        assert (await anonymous.get("/docs")).status_code == 303  # a person's page: to the login
     assert all(not view.loaded for view in controller.models())
     denied = [e for e in build_accounts(controller.settings).recent(100) if e.action.value == "denied"]
     assert len(denied) == 4 and all("not signed in" in (e.detail or "") for e in denied)

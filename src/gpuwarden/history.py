@@ -46,8 +46,8 @@ class History:
         updated = []
         for gpu in snapshot.gpus:
             kept = tuple(s for s in self.of(gpu.index) if cutoff < s.at < snapshot.taken_at)
-            if len(kept) >= 2 and snapshot.taken_at - kept[-2].at < min_gap:
-                kept = kept[:-1]  # thinned: the newest reading replaces the one moments before it
+            if len(kept) >= 2 and kept[-1].at - kept[-2].at < min_gap:
+                kept = kept[:-1]  # thinned: the last was kept only as the newest; this reading replaces it
             updated.append((gpu.index, (*kept, Sample(snapshot.taken_at, gpu.memory_used_mib,
                                                         gpu.utilization_percent))))
         return History(tuple(sorted(updated)))

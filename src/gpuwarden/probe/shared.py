@@ -164,14 +164,22 @@ class SharedSource:
                     changed = self._latest is not None and signature(self._latest) != signature(snapshot)
                     self._latest = snapshot
                     self._latest_at = self._monotonic()
-                    self._history = self._history.adding(snapshot)
-                    self._stats = self._stats.after(self._monotonic() - started, snapshot)
+                    self._keep(snapshot, self._monotonic() - started)
                 self._generation += 1
                 self._in_flight = False
                 self._condition.notify_all()
         if changed:
             self._on_change()
         return snapshot
+
+    def _keep(self, snapshot: Snapshot, seconds: float) -> None:
+        """Under the lock: the reading's place in the history and the probe counts. Whatever goes
+        wrong here never keeps the lock's waiters from being woken."""
+        try:
+            self._history = self._history.adding(snapshot)
+            self._stats = self._stats.after(seconds, snapshot)
+        except Exception as error:  # noqa: BLE001 - bookkeeping must not hang every reader
+            print(f"gpuwarden: cannot keep the GPU history: {error!r}", flush=True)
 
     def _read(self) -> Snapshot:
         """The source's snapshot; a source that fails in a way it did not foresee gives an

@@ -30,6 +30,8 @@ from gpuwarden.web.guard import SAFE_METHODS
 SESSION_COOKIE = "gpuwarden_session"
 SECRET_FILE = "session-secret"  # noqa: S105 - the file's name
 ASSET_PATH_PREFIXES = ("/static/", "/vendor/", "/favicon.ico")  # served to anyone, no lookup
+# Asked for by programs (a scraper, EventSource, the API), not people: 401, never a redirect to a page.
+MACHINE_PATH_PREFIXES = ("/api/", "/events", "/metrics")
 PUBLIC_PATH_PREFIXES = ("/login", *ASSET_PATH_PREFIXES)
 
 
@@ -121,7 +123,7 @@ class Authenticator:
                                detail=f"not signed in: {method} {request.url.path[:200]}")
             await anyio.to_thread.run_sync(self.accounts.record_denial, entry)
         response: Response
-        wants_page = (method in SAFE_METHODS and not request.url.path.startswith(("/api/", "/events"))
+        wants_page = (method in SAFE_METHODS and not request.url.path.startswith(MACHINE_PATH_PREFIXES)
                       and request.headers.get("HX-Request") != "true")
         if wants_page:
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")

@@ -34,8 +34,9 @@ class EventHub:
         self._event = asyncio.Event()
 
     def _current(self) -> asyncio.Event:
-        if self._loop is None or self._event is None:
-            self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop or self._event is None:  # the first stream, or the app run anew
+            self._loop = loop
             self._event = asyncio.Event()
         return self._event
 

@@ -17,6 +17,7 @@ from gpuwarden.web.app import create_app, exposure_refusal
 from gpuwarden.web.assets import AssetMissing, check_assets
 from gpuwarden.web.guard import is_loopback
 
+GRACEFUL_SHUTDOWN_SECONDS = 3
 OPEN_ON_LOOPBACK = ("auth = \"none\": every account on this machine can load and unload every model through"
                     " gpuwarden. For accounts: gpuwarden users add NAME --admin, then auth = \"password\".")
 
@@ -52,7 +53,10 @@ def run_server(settings: Settings) -> None:
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     print(f"gpuwarden: open http://{host}:{settings.port}/ in a browser (state: {settings.state_dir});"
           " press Ctrl+C to stop", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", **proxy_options(settings))
+    # Open dashboards hold /events streams: a stop waits for them at most this long, then ends them, so
+    # the shutdown (and stop_models_on_exit) always runs.
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, **proxy_options(settings))
 
 
 def proxy_options(settings: Settings) -> dict[str, Any]:

@@ -96,21 +96,48 @@
     toast({ok: false, message: "gpuwarden cannot be reached: is the server running?"});
   });
   // Server-sent events: "update" when a model or a GPU changed. The open dashboards fetch the new
-  // content once, spread over a short jitter so that a hundred of them do not ask at the same moment.
-  // EventSource reconnects by itself (the server asks for 2 s) after a restart of gpuwarden.
+  // content once, spread over a short jitter so that a hundred of them do not ask at the same moment,
+  // and never over an answer still on its way (an action's refusal would be swapped away).
+  // A hidden tab lets its stream go (browsers give a site six connections: six open tabs must not
+  // starve the seventh) and catches up when shown; a stream that failed (gpuwarden restarting, a
+  // proxy's 502) is opened again, and the content fetched once, since changes may have been missed.
   var live = document.getElementById("live-updates");
-  var pending = null;
-  if (live && window.EventSource && window.htmx) {
-    var source = new EventSource(live.getAttribute("data-events"));
+  var pending = null, source = null, retry = null;
+  function refresh() {
+    if (pending) { return; }
+    pending = setTimeout(function () {
+      pending = null;
+      if (document.querySelector(".htmx-request")) { refresh(); return; }
+      if (document.getElementById("dashboard-content")) {
+        htmx.ajax("GET", "/dashboard/refresh?probe=false", {target: "#dashboard-content", swap: "outerHTML"});
+      }
+    }, 100 + Math.random() * 300);
+  }
+  function disconnect() {
+    if (source) { source.close(); source = null; }
+    if (retry) { clearTimeout(retry); retry = null; }
+  }
+  function connect(catchUp) {
+    disconnect();
+    if (!document.getElementById("live-updates")) { return; } // live updates turned off
+    source = new EventSource(live.getAttribute("data-events"));
+    var failed = false;
+    source.addEventListener("open", function () { if (catchUp || failed) { refresh(); } catchUp = false; });
     source.addEventListener("update", function () {
-      if (!document.getElementById("live-updates")) { source.close(); return; } // live updates turned off
-      if (pending) { return; }
-      pending = setTimeout(function () {
-        pending = null;
-        if (document.getElementById("dashboard-content")) {
-          htmx.ajax("GET", "/dashboard/refresh?probe=false", {target: "#dashboard-content", swap: "outerHTML"});
-        }
-      }, Math.random() * 300);
+      if (!document.getElementById("live-updates")) { disconnect(); return; }
+      refresh();
+    });
+    source.addEventListener("error", function () {
+      failed = true;
+      if (source && source.readyState === EventSource.CLOSED) { // given up (an HTTP error): try again
+        retry = setTimeout(function () { connect(true); }, 5000);
+      }
+    });
+  }
+  if (live && window.EventSource && window.htmx) {
+    connect(false);
+    document.addEventListener("visibilitychange", function () {
+      if (document.hidden) { disconnect(); } else { connect(true); }
     });
   }
   syncClock();
