@@ -226,3 +226,29 @@ def test_windows_run_py_ends_its_server_however_it_ends(tmp_path: Path) -> None:
         assert wait_for(lambda: not psutil.pid_exists(server_pid), 20)
     finally:
         stop_demo(runner)
+
+
+def test_accounts_can_be_tried_on_the_demo(user_dirs: dict[str, str], tmp_path: Path) -> None:
+    """The README's accounts, on the demo: an admin added with `--demo`, then `serve --demo` with
+    auth = "password" wants a sign-in, which that admin has."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUWARDEN_")}
+    env.update(user_dirs)
+    added = subprocess.run([sys.executable, "-m", "gpuwarden", "--demo", "users", "add", "alice", "--admin",
+                            "--password-stdin"], input="correct horse battery\n", cwd=tmp_path, env=env,
+                           capture_output=True, text=True, encoding="utf-8", timeout=120)
+    assert added.returncode == 0, added.stderr
+    port = free_port()
+    server = start_demo(tmp_path, {**user_dirs, "GPUWARDEN_AUTH": "password"}, port)
+    try:
+        answer = wait_for(lambda: server.poll() is None and call(port, "GET", "/api/gpus"), 20)
+        assert answer and answer[0] == 401, (tmp_path / "server.log").read_text(encoding="utf-8", errors="replace")
+        token = subprocess.run([sys.executable, "-m", "gpuwarden", "--demo", "users", "token", "alice"], cwd=tmp_path,
+                               env=env, capture_output=True, text=True, encoding="utf-8", timeout=120).stdout
+        bearer = next(word for word in token.split() if word.startswith("gwt_"))
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/me",
+                                         headers={"Authorization": f"Bearer {bearer}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            me = json.loads(response.read())
+        assert (me["user"], me["admin"], me["auth"]) == ("alice", True, "password")
+    finally:
+        stop_demo(server)

@@ -17,8 +17,9 @@ from gpuwarden.probe.demo_registry import registry_dir
 def demo_overrides(state_dir: Path | None = None) -> dict[str, Any]:
     """Settings for ``serve --demo``: the simulated machine (``gpu_source = "demo"``), demo models,
     ``<state_dir>/demo`` (the configured state_dir, else the default) as a state directory of its
-    own, and no accounts (the demo has none: it runs on loopback only, like any ``auth = "none"``
-    server)."""
+    own, with accounts of its own. ``auth`` is the configured one (``none`` by default: loopback only),
+    so people can try accounts on the demo too (``gpuwarden --demo users add NAME --admin``, then
+    ``GPUWARDEN_AUTH=password gpuwarden serve --demo``)."""
     demo_state = (state_dir or default_state_dir()) / "demo"
     command = [sys.executable, "-m", "gpuwarden.demo.model_server", "--port", "{port}",
                "--registry", str(registry_dir(demo_state))]
@@ -27,7 +28,6 @@ def demo_overrides(state_dir: Path | None = None) -> dict[str, Any]:
         "gpu_source": "demo",
         "mock_smi": None,
         "mock_smi_text": None,
-        "auth": "none",
         "state_dir": demo_state,
         "models": [
             {"name": "llama-7b", "command": [*command, "--memory-mib", "6912"], "health_url": health,
