@@ -227,6 +227,7 @@ def classify_gpu(
     used = gpu.memory_used_mib
     unattributed = _unattributed(used, infos)
     desktop_mib = _desktop_mib(used, infos, desktop.memory_limit_mib)
+    counted_mib = None if used is None else max(0, _in_use(used, infos) - (desktop_mib or 0))
     shared = False
     if models:
         state = GpuState.MODEL_LOADED
@@ -239,13 +240,13 @@ def classify_gpu(
         shared = bool(others) or (unattributed is not None and unattributed > threshold_mib)
     elif used is None:
         state, reason = GpuState.UNAVAILABLE, "memory use unreadable (GPU lost or not supported): not safe to load"
-    elif _in_use(used, infos) - (desktop_mib or 0) > threshold_mib:
+    elif counted_mib is not None and counted_mib > threshold_mib:
         state = GpuState.OCCUPIED_BY_OTHERS
         others = tuple(p for p in infos if not p.desktop)
-        reason = (f"occupied by someone else: {_used_text(used, infos, desktop_mib)} > {threshold_mib} MiB; "
-                  f"{_describe(others)}")
+        reason = (f"occupied by someone else: {_used_text(used, infos, desktop_mib, counted_mib)} > "
+                  f"{threshold_mib} MiB; {_describe(others)}")
     else:
-        state, reason = GpuState.IDLE, _idle_reason(used, infos, desktop_mib, threshold_mib)
+        state, reason = GpuState.IDLE, _idle_reason(used, infos, desktop_mib, counted_mib or 0, threshold_mib)
     return GpuStatus(
         index=gpu.index, name=gpu.name, uuid=gpu.uuid, bus_id=gpu.bus_id, memory_used_mib=used,
         memory_total_mib=gpu.memory_total_mib, state=state, model_names=models,
@@ -269,13 +270,14 @@ def _desktop_mib(used: int | None, processes: Sequence[ProcessInfo], limit_mib: 
     return min(credited, limit_mib)
 
 
-def _idle_reason(used: int, processes: Sequence[ProcessInfo], desktop_mib: int | None, threshold_mib: int) -> str:
+def _idle_reason(used: int, processes: Sequence[ProcessInfo], desktop_mib: int | None, counted_mib: int,
+                 threshold_mib: int) -> str:
     if desktop_mib is None:
         return f"idle: {used} MiB used <= {threshold_mib} MiB"
     names = sorted({base_name(p.process_name) or p.process_name for p in processes if p.desktop})
     shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    rest = max(0, _in_use(used, processes) - desktop_mib)
-    return f"idle: desktop {desktop_mib} MiB ({shown}) not counted; {rest} MiB other use <= {threshold_mib} MiB"
+    return (f"idle: desktop {desktop_mib} MiB ({shown}) not counted; {counted_mib} MiB other use <= "
+            f"{threshold_mib} MiB")
 
 
 def _listed_mib(processes: Sequence[ProcessInfo]) -> int:
@@ -290,14 +292,14 @@ def _in_use(used: int, processes: Sequence[ProcessInfo]) -> int:
     return max(used, _listed_mib(processes))
 
 
-def _used_text(used: int, processes: Sequence[ProcessInfo], desktop_mib: int | None = None) -> str:
+def _used_text(used: int, processes: Sequence[ProcessInfo], desktop_mib: int | None, counted_mib: int) -> str:
     listed = _listed_mib(processes)
     if listed > used:
         text = f"its processes hold {listed} MiB (nvidia-smi reports {used} MiB used)"
     else:
         text = f"{used} MiB used"
     if desktop_mib:
-        text += f", {max(0, max(used, listed) - desktop_mib)} MiB of it not the desktop's"
+        text += f", {counted_mib} MiB of it not the desktop's"
     return text
 
 

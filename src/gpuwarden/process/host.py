@@ -110,8 +110,8 @@ def _detach_options(breakaway_flags: int) -> dict[str, object]:
 
 def job_members(log_path: Path | None) -> frozenset[int]:
     """Windows: the processes in the job of the load whose log is ``log_path`` (its launcher keeps the
-    job open while any run). Empty elsewhere, or where the job is gone."""
-    job = jobs.open_job(exit_path_for(log_path)) if sys.platform == "win32" else None
+    job open while any run). Empty elsewhere (no job objects there), or where the job is gone."""
+    job = jobs.open_job(exit_path_for(log_path))
     if job is None:
         return frozenset()
     try:
@@ -122,7 +122,7 @@ def job_members(log_path: Path | None) -> frozenset[int]:
 
 def terminate_job(log_path: Path | None) -> None:
     """Windows: end every process in the load's job at once (also those whose parent has exited)."""
-    job = jobs.open_job(exit_path_for(log_path)) if sys.platform == "win32" else None
+    job = jobs.open_job(exit_path_for(log_path))
     if job is not None:
         job.terminate()
         job.close()
