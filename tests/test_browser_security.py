@@ -296,10 +296,9 @@ def test_cross_site_requests_never_succeed(start_server: Callable[..., GuardedSe
     assert len(plan) == 64 and succeeded == []
     assert len(answers) == len(plan) - len(refused_by_browser) >= 54  # every form, every POST fetch: 403
     assert {step["method"] for step in refused_by_browser} <= {"PUT"}  # no-cors PUT; cors PUT dies at preflight
-    forms = [r.request.all_headers() for r in answers if r.request.resource_type == "document"]
-    assert len(forms) == 24 and all(h["sec-fetch-site"] == fetch_site for h in forms)
-    if auth == "password":  # SameSite=Strict did not keep the cookie off them (same site): the guard stopped them
-        assert all(f"{SESSION_COOKIE}=" in h.get("cookie", "") for h in forms)
+    # (what the browser sent is read from gpuwarden's audit: Playwright's raw headers of a request
+    # in another site's frame may never arrive)
+    assert len([r for r in answers if r.request.resource_type == "document"]) == 24
 
     assert server.model("alpha")["state"] == "running" and server.model("alpha")["gpus"] == [0]
     assert server.model("beta")["state"] not in ("starting", "running") and server.model("beta")["gpus"] == []
@@ -307,6 +306,9 @@ def test_cross_site_requests_never_succeed(start_server: Callable[..., GuardedSe
     entries = audit_after(server, last_id)  # each refusal audited singly, and nothing else happened
     assert [e for e in entries if e["action"] != "denied" or e["result"] != "refused"] == []
     assert all(f"cross-site request refused (Sec-Fetch-Site: {fetch_site})" in e["detail"] for e in entries)
+    # with accounts, SameSite=Strict did not keep the cookie off them (same site): the guard stopped them
+    with_session = [", sent with alice's session: " in e["detail"] for e in entries]
+    assert with_session == [auth == "password"] * len(entries) and all(e["user"] is None for e in entries)
     assert sorted(e["detail"].rsplit(": ", 1)[1] for e in entries) == sorted(
         f"{r.request.method} {r.url.removeprefix(server.url)}" for r in answers)
     if auth == "password":  # the attempts to sign alice out failed too

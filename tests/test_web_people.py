@@ -204,6 +204,26 @@ async def test_cross_site_requests_never_succeed(app_and_controller: tuple[Any, 
     await root.aclose()
 
 
+async def test_a_refused_cross_site_request_names_the_session_it_came_with(
+        app_and_controller: tuple[Any, Controller]) -> None:
+    app, _ = app_and_controller
+    alice, stranger, root = await signed_in(app, "alice"), client_for(app), await signed_in(app, "root")
+    forged = client_for(app)
+    forged.cookies.set("gpuwarden_session", "not-signed-here")  # a cookie gpuwarden never signed names nobody
+    for client in (alice, stranger, forged):
+        assert (await client.post("/api/models/alpha/load", json={"gpus": "0"},
+                                  headers=CROSS_SITE["other-port"])).status_code == 403
+    trail = (await root.get("/api/audit", params={"limit": 3})).json()
+    details = [entry["detail"] for entry in reversed(trail)]
+    assert details[0] == ("cross-site request refused (Sec-Fetch-Site: same-site), sent with alice's session:"
+                          " POST /api/models/alpha/load")
+    assert details[1] == details[2] == ("cross-site request refused (Sec-Fetch-Site: same-site):"
+                                        " POST /api/models/alpha/load")
+    assert all(entry["user"] is None and entry["action"] == "denied" for entry in trail)
+    for client in (alice, stranger, forged, root):
+        await client.aclose()
+
+
 async def test_host_names_per_bind(fake_smi: FakeSmi, tmp_path: Path) -> None:
     ipv6 = create_app(password_controller(tmp_path / "a", host="::1"), monitor=False)
     async with client_for(ipv6, "http://[::1]:8000") as client:

@@ -40,7 +40,7 @@ from gpuwarden.errors import (
 from gpuwarden.people import AuditAction, AuditEntry, AuditResult, AuthMode
 from gpuwarden.probe.shared import Freshness
 from gpuwarden.web import api, limits, login, metrics, pages
-from gpuwarden.web.auth import SECRET_FILE, Authenticator, CookieSigner, client_address, load_secret
+from gpuwarden.web.auth import SECRET_FILE, Authenticator, CookieSigner, client_address, load_secret, session_id
 from gpuwarden.web.events import EventHub
 from gpuwarden.web.guard import RequestGuard, allowed_host_names, is_loopback, this_machine_names
 from gpuwarden.web.probing import ProbeWaiter
@@ -143,7 +143,12 @@ def create_app(controller: Controller, *, monitor: bool = True) -> FastAPI:
         return JSONResponse(status_code=http_status_for(error), content={"detail": str(error)})
 
     def audit_cross_site(scope: Scope, reason: str) -> None:
-        accounts.record_denial(AuditEntry(AuditAction.DENIED, AuditResult.REFUSED, client=client_address(scope),
+        client = client_address(scope)
+        session = session_id(Request(scope), signer) if accounts.mode is AuthMode.PASSWORD else None
+        victim = accounts.session_actor(session, client) if session is not None else None
+        if victim is not None:  # someone's signed-in browser was used: worth telling them
+            reason += f", sent with {victim.name}'s session"
+        accounts.record_denial(AuditEntry(AuditAction.DENIED, AuditResult.REFUSED, client=client,
                                           detail=f"{reason}: {scope.get('method')} {str(scope.get('path'))[:200]}"))
 
     app.add_exception_handler(RequestValidationError, limits.validation_error)
