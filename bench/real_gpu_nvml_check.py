@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from gpuwarden.config import load_settings
-from gpuwarden.probe import make_source
+from gpuwarden.probe.sources import make_source
 
 
 def show(label: str) -> None:

@@ -26,8 +26,8 @@ from gpuwarden.errors import (
     UnknownModel,
 )
 from gpuwarden.people import Actor, Channel
-from gpuwarden.probe import make_source
 from gpuwarden.probe.shared import Freshness
+from gpuwarden.probe.sources import make_source
 from gpuwarden.process.host import LocalProcessHost
 from gpuwarden.records import GpuState, Selection, parse_selection
 from gpuwarden.store import Store

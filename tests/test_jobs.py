@@ -13,8 +13,8 @@ import psutil
 import pytest
 
 from gpuwarden.controller import Controller, build_controller
-from gpuwarden.probe import make_source
 from gpuwarden.probe.shared import Freshness
+from gpuwarden.probe.sources import make_source
 from gpuwarden.process import jobs
 from gpuwarden.process.exitrecord import exit_path_for
 from gpuwarden.process.host import LocalProcessHost

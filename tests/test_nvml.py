@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from gpuwarden.classify import classify
-from gpuwarden.probe import SmiSource, make_source
 from gpuwarden.probe.counters import WindowsMemorySource
 from gpuwarden.probe.nvml import NvmlSource
+from gpuwarden.probe.sources import SmiSource, make_source
 from gpuwarden.probe.users import PsutilLookup
 from gpuwarden.records import GpuState
 from tests.conftest import FakeSmi, make_settings

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gpuwarden.probe import SmiSource
 from gpuwarden.probe.smi import NvidiaSmiFailed, NvidiaSmiNotFound, find_nvidia_smi, windows_candidates
+from gpuwarden.probe.sources import SmiSource
 from gpuwarden.probe.users import DENIED, NOT_HERE, ProcessOwner, PsutilLookup, names_match, with_users
 from gpuwarden.records import GpuProcess
 from tests.conftest import UNDER_WINE, WINE_HIDES_USERS, FakeSmi

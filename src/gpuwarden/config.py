@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gpuwarden.desktop import DEFAULT_DESKTOP_MEMORY_LIMIT_MIB, DEFAULT_DESKTOP_PROCESSES
 from gpuwarden.desktop import MAX_NAME_CHARS as MAX_PROGRAM_NAME_CHARS
@@ -109,10 +108,14 @@ class ModelConfig(BaseModel):
         return value
 
 
-class Settings(BaseSettings):
-    """Every gpuwarden setting. TOML keys and ``GPUWARDEN_<KEY>`` variables share these names."""
+class Settings(BaseModel):
+    """Every gpuwarden setting. TOML keys and ``GPUWARDEN_<KEY>`` variables share these names.
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True, case_sensitive=False)
+    :func:`load_settings` merges the file, the environment and the command line into one dict first,
+    so that a validation error names the key whichever source gave it (a plain pydantic model: the
+    CLI starts without pydantic-settings' sources, asyncio among them)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     memory_threshold_mib: int = Field(
         default=30, ge=RUNTIME_SETTING_RANGES["memory_threshold_mib"][0],
@@ -224,19 +227,6 @@ class Settings(BaseSettings):
         if duplicates:
             raise ValueError(f"models: duplicate name {', '.join(duplicates)}")
         return self
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # load_settings merges file, environment and overrides into one dict first, so that a
-        # validation error names the key whichever source gave it.
-        return (init_settings,)
 
     @property
     def notes(self) -> tuple[str, ...]:

@@ -387,7 +387,7 @@ def audit_result(error: ControllerError) -> AuditResult:
 
 def build_controller(settings: Settings, source: GpuSource | None = None) -> Controller:
     """The factory every entry point uses: source from settings, store and logs under state_dir."""
-    from gpuwarden.probe import make_source
+    from gpuwarden.probe.sources import make_source
     from gpuwarden.process.host import LocalProcessHost
 
     return Controller(

@@ -10,7 +10,6 @@ import click
 
 from gpuwarden.config import ConfigError, Settings, load_settings
 from gpuwarden.controller import Controller, build_controller
-from gpuwarden.demo import demo_overrides
 from gpuwarden.people import Actor, Channel
 from gpuwarden.present import terminal_safe
 from gpuwarden.probe.users import os_account
@@ -25,6 +24,8 @@ def settings_for(ctx: click.Context, overrides: dict[str, Any] | None = None, *,
     config: Path | None = ctx.obj.get("config") if ctx.obj else None
     try:
         if ctx.obj and ctx.obj.get("demo"):
+            from gpuwarden.demo import demo_overrides  # the demo's machine: only for --demo
+
             overrides = {**(overrides or {}), **demo_overrides(load_settings(config, overrides=overrides).state_dir)}
         settings = load_settings(config, overrides=overrides)
     except ConfigError as error:

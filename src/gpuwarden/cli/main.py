@@ -8,18 +8,17 @@ Exit codes: 0 done (CPU mode included), 1 refused or failed, 2 bad configuration
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import click
 
 from gpuwarden import __version__
 from gpuwarden.classify import StatusDocument
 from gpuwarden.cli.common import EXIT_CONFIG, EXIT_FAILED, cli_actor, controller_for, fail, settings_for
-from gpuwarden.cli.people import audit, users
-from gpuwarden.cli.service import service
 from gpuwarden.config import ConfigError
 from gpuwarden.errors import ControllerError
 from gpuwarden.present import duration_compact, gpu_state_label, process_role, terminal_safe
@@ -85,7 +84,25 @@ def format_models(models: list[ModelView]) -> str:
     return "\n".join(lines)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group whose rarer commands (accounts, the audit trail, the service) are imported only when
+    named: ``gpuwarden status`` does not pay for them."""
+
+    LAZY: ClassVar[dict[str, str]] = {"users": "gpuwarden.cli.people", "audit": "gpuwarden.cli.people",
+                                      "service": "gpuwarden.cli.service"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.LAZY])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.LAZY:
+            command = getattr(importlib.import_module(self.LAZY[cmd_name]), cmd_name)
+            assert isinstance(command, click.Command)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="TOML configuration file (default: GPUWARDEN_CONFIG, then the per-user location).")
 @click.option("--demo", is_flag=True, help="Act on the built-in demo (the machine and models of `serve --demo`).")
@@ -181,11 +198,6 @@ def serve(ctx: click.Context, host: str | None, port: int | None, demo: bool) ->
         run_server(settings)
     except ConfigError as error:
         fail(ctx, error, EXIT_CONFIG)
-
-
-cli.add_command(users)
-cli.add_command(audit)
-cli.add_command(service)
 
 
 def tolerant_output() -> None:

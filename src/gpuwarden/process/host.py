@@ -14,8 +14,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -281,10 +279,12 @@ class LocalProcessHost:
     def healthy(self, url: str, timeout_seconds: float = 2.0) -> bool:
         if not url.startswith(("http://", "https://")):
             return False
+        import urllib.request  # here: http.client and ssl cost every CLI start tens of milliseconds
+
         try:
             with urllib.request.urlopen(url, timeout=timeout_seconds) as response:  # noqa: S310 (config URL)
                 return 200 <= int(response.status) < 300
-        except (urllib.error.URLError, OSError, ValueError):
+        except (OSError, ValueError):  # URLError is an OSError
             return False
 
     def exit_record(self, log_path: Path | None) -> ExitRecord | None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
 from gpuwarden.accounts import Accounts
@@ -17,8 +16,10 @@ from gpuwarden.probe.shared import Freshness
 from gpuwarden.records import Selection, parse_selection
 from gpuwarden.runtime import RUNTIME_SETTING_RANGES
 from gpuwarden.web.auth import ActorDep
+from gpuwarden.web.lean import LeanRoute, flag_parameters, query_flag
 from gpuwarden.web.metrics import metrics_text
 from gpuwarden.web.probing import probe_waiter
+from gpuwarden.web.rendered import RenderedViews
 
 router = APIRouter(prefix="/api", tags=["api"])
 metrics_router = APIRouter(tags=["metrics"])
@@ -34,8 +35,21 @@ def get_accounts(request: Request) -> Accounts:
     return accounts
 
 
-ControllerDep = Annotated[Controller, Depends(get_controller)]
-AccountsDep = Annotated[Accounts, Depends(get_accounts)]
+def rendered_views(request: Request) -> RenderedViews:
+    views: RenderedViews = request.app.state.rendered
+    return views
+
+
+async def _controller_dependency(request: Request) -> Controller:
+    return get_controller(request)  # as a dependency on the event loop: a plain def costs a thread hop
+
+
+async def _accounts_dependency(request: Request) -> Accounts:
+    return get_accounts(request)
+
+
+ControllerDep = Annotated[Controller, Depends(_controller_dependency)]
+AccountsDep = Annotated[Accounts, Depends(_accounts_dependency)]
 
 
 class LoadRequest(BaseModel):
@@ -73,13 +87,20 @@ def selection_for(controller: Controller, name: str, raw: object, actor: Actor) 
         raise
 
 
-@router.get("/gpus", summary="The GPU status document")
-async def gpus(request: Request, controller: ControllerDep, refresh: bool = False) -> dict[str, Any]:
+async def gpus(request: Request) -> Response:
     """The status from the latest refresh; ``?refresh=true`` probes now (concurrent callers share one
-    run, and wait for it without holding a worker thread)."""
-    snapshot = await probe_waiter(request).snapshot(Freshness.NOW if refresh else Freshness.CACHED)
-    document = await run_in_threadpool(controller.status_of, snapshot)
-    return document.to_dict()
+    run, and wait for it without holding a worker thread). The document is rendered once per change
+    and served as ready bytes until something it shows changes."""
+    freshness = Freshness.NOW if query_flag(request, "refresh") else Freshness.CACHED
+    snapshot = await probe_waiter(request).snapshot(freshness)
+    return Response(await rendered_views(request).status(snapshot), media_type="application/json")
+
+
+router.add_api_route(
+    "/gpus", gpus, methods=["GET"], route_class_override=LeanRoute, summary="The GPU status document",
+    response_class=Response, openapi_extra=flag_parameters(("refresh", "Run nvidia-smi now instead of using the"
+                                                                       " latest reading.")),
+    responses={200: {"content": {"application/json": {}}, "description": "the status document"}})
 
 
 @router.get("/gpus/history", summary="The last hour of each GPU's memory and utilization")

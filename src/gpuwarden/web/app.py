@@ -44,6 +44,7 @@ from gpuwarden.web.auth import SECRET_FILE, Authenticator, CookieSigner, client_
 from gpuwarden.web.events import EventHub
 from gpuwarden.web.guard import RequestGuard, allowed_host_names, is_loopback, this_machine_names
 from gpuwarden.web.probing import ProbeWaiter
+from gpuwarden.web.rendered import RenderedViews
 
 MONITOR_INTERVAL_SECONDS = 1.0
 AUDIT_PRUNE_INTERVAL_SECONDS = 3600.0
@@ -124,6 +125,7 @@ def create_app(controller: Controller, *, monitor: bool = True) -> FastAPI:
                 watcher.stop()
             if settings.stop_models_on_exit:
                 controller.stop_all()
+            controller.store.close()  # reopened by whoever uses the store next
 
     app = FastAPIOffline(  # /docs and /redoc from files installed with gpuwarden: no CDN, works offline
         title="gpuwarden",
@@ -132,7 +134,8 @@ def create_app(controller: Controller, *, monitor: bool = True) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.controller = controller
-    app.state.metrics = metrics.registry_for(controller)
+    app.state.rendered = rendered = RenderedViews(controller, accounts)
+    app.state.metrics = metrics.registry_for(controller, rendered.renders)
     app.state.events = EventHub(controller.changes)
     app.state.accounts = accounts
     app.state.probe_waiter = ProbeWaiter(controller)

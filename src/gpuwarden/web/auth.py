@@ -156,4 +156,9 @@ def current_actor(request: Request) -> Actor:
     return actor
 
 
-ActorDep = Annotated[Actor, Depends(current_actor)]
+async def _actor_dependency(request: Request) -> Actor:
+    """:func:`current_actor` as a dependency run on the event loop (a plain ``def`` costs a thread hop)."""
+    return current_actor(request)
+
+
+ActorDep = Annotated[Actor, Depends(_actor_dependency)]

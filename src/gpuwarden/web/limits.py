@@ -26,9 +26,13 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or ()).get(b"content-length")
+        headers = dict(scope.get("headers") or ())
+        declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             await _too_large(send, self.max_bytes)
+            return
+        if declared is None and b"transfer-encoding" not in headers:  # no body at all: nothing to count
+            await self.app(scope, receive, send)
             return
         received = 0
         started = refused = False

@@ -5,12 +5,12 @@ the probe and refusal counts): a scrape never runs nvidia-smi.
 Per GPU (labels ``gpu``, ``uuid``, ``name``): memory used and total (bytes), a state gauge per state
 (1 for the current one), utilization, temperature, power draw and limit, fan. Per model: a state gauge
 per state, uptime, loads since start. The probe: readings taken, unreadable readings, seconds spent.
-Refusals since start, per action.
+Refusals since start, per action. Renders of the status document and the dashboard fragment.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -110,8 +110,24 @@ def metrics_text(registry: CollectorRegistry) -> tuple[bytes, str]:
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
-def registry_for(controller: Controller) -> CollectorRegistry:
+class RenderCollector(Collector):
+    """How many times the status document and the dashboard fragment were rendered (each is
+    rendered once per change, however many ask)."""
+
+    def __init__(self, renders: Callable[[], dict[str, int]]) -> None:
+        self.renders = renders
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily("gpuwarden_renders", "Renders of a view since start", labels=["view"])
+        for view, count in sorted(self.renders().items()):
+            family.add_metric([view], count)
+        yield family
+
+
+def registry_for(controller: Controller, renders: Callable[[], dict[str, int]] | None = None) -> CollectorRegistry:
     """A registry of its own per app (not the global one): two apps in one process never mix."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ControllerCollector(controller))
+    if renders is not None:
+        registry.register(RenderCollector(renders))
     return registry

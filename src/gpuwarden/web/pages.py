@@ -9,75 +9,35 @@ a cross-site form cannot set it, so another web page cannot load or unload model
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
 
-from gpuwarden import people
 from gpuwarden.accounts import Accounts
-from gpuwarden.classify import StatusDocument
 from gpuwarden.controller import Controller
-from gpuwarden.errors import BadSelection, ControllerError, StateUnavailable
+from gpuwarden.errors import BadSelection, ControllerError
 from gpuwarden.people import Actor
 from gpuwarden.probe.shared import Freshness
-from gpuwarden.records import ModelState, ModelView
-from gpuwarden.runtime import RUNTIME_SETTING_RANGES
-from gpuwarden.web.api import get_accounts, get_controller, selection_for
+from gpuwarden.web.api import AccountsDep, ControllerDep, rendered_views, selection_for
 from gpuwarden.web.assets import AssetMissing, vendor_file
-from gpuwarden.web.auth import ActorDep
+from gpuwarden.web.auth import ActorDep, current_actor
+from gpuwarden.web.context import content_context
 from gpuwarden.web.events import EventHub
+from gpuwarden.web.lean import LeanRoute, query_flag
 from gpuwarden.web.probing import probe_waiter
 from gpuwarden.web.templating import templates
 
 router = APIRouter(include_in_schema=False)
 
-ControllerDep = Annotated[Controller, Depends(get_controller)]
-AccountsDep = Annotated[Accounts, Depends(get_accounts)]
-RECENT_ACTIVITY_ROWS = 12
 SHARED_POLL_SECONDS = 5.0  # dashboards whose periodic polls fall this close together share one probe
 
 
-def require_htmx(request: Request) -> None:
+async def require_htmx(request: Request) -> None:
     if request.headers.get("HX-Request") != "true":
         raise HTTPException(status_code=400, detail="dashboard actions are HTMX requests (HX-Request header)")
-
-
-def content_context(controller: Controller, accounts: Accounts, actor: Actor, status: StatusDocument | None = None,
-                    *, flash: dict[str, str] | None = None, settings_flash: str | None = None) -> dict[str, Any]:
-    """What the page and its fragments show to ``actor``: ``status`` (default: from the latest
-    reading), the models with what the viewer may do to them, and the recent activity."""
-    status = status or controller.status()
-    models: list[ModelView] = []
-    activity: list[people.AuditEntry] = []
-    state_error = None
-    try:
-        models = controller.models()
-        activity = accounts.recent(RECENT_ACTIVITY_ROWS)
-    except StateUnavailable as error:
-        state_error = str(error)
-    mode = controller.settings.auth
-    return {
-        "actor": actor,
-        "accounts_on": mode is people.AuthMode.PASSWORD,
-        "may_stop": lambda model: people.may_unload(actor, model.owner, mode),
-        "may_configure": people.may_administer(actor, mode),
-        "activity": activity,
-        "status": status,
-        "history": controller.gpus.history,
-        "rendered_at": datetime.now(UTC),
-        "models": models,
-        "state_error": state_error,
-        "flash": flash or {},
-        "settings_flash": settings_flash,
-        "interval": controller.runtime.refresh_interval_seconds,
-        "threshold": status.threshold_mib,
-        "ranges": RUNTIME_SETTING_RANGES,
-        "version": controller.changes.version,
-        "starting": any(m.state in (ModelState.STARTING, ModelState.STOPPING) for m in models),
-    }
 
 
 def render(request: Request, template: str, context: dict[str, Any]) -> HTMLResponse:
@@ -106,13 +66,27 @@ async def dashboard(request: Request, controller: ControllerDep, accounts: Accou
                                                                    Freshness.CACHED))
 
 
-@router.get("/dashboard/refresh", response_class=HTMLResponse)
-async def refresh(request: Request, controller: ControllerDep, accounts: AccountsDep, actor: ActorDep,
-                  probe: bool = True, now: bool = False) -> HTMLResponse:
+async def refresh(request: Request) -> Response:
     """The dashboard content. The periodic poll probes unless another dashboard just did;
-    ``now=true`` (the Refresh button) always probes; ``probe=false`` re-renders (after a push)."""
-    freshness = Freshness.CACHED if not probe else Freshness.NOW if now else Freshness.within(SHARED_POLL_SECONDS)
-    return render(request, "_content.html", await awaited_context(request, controller, accounts, actor, freshness))
+    ``now=true`` (the Refresh button) always probes; ``probe=false`` takes the latest reading (after
+    a push). Rendered once per change, whoever asks: served as ready bytes until something changes."""
+    probe = request.query_params.get("probe") is None or query_flag(request, "probe")
+    freshness = (Freshness.CACHED if not probe else Freshness.NOW if query_flag(request, "now")
+                 else Freshness.within(SHARED_POLL_SECONDS))
+    snapshot = await probe_waiter(request).snapshot(freshness)
+    body = await rendered_views(request).dashboard(snapshot, current_actor(request))
+    return with_server_time(Response(body, media_type="text/html; charset=utf-8"))
+
+
+router.add_api_route("/dashboard/refresh", refresh, methods=["GET"], route_class_override=LeanRoute,
+                     response_class=HTMLResponse)
+
+
+def with_server_time(response: Response) -> Response:
+    """The server's clock (ms since the epoch) beside a fragment that may have been rendered a while
+    ago: the browser ticks its ages and uptimes from it (dashboard.js)."""
+    response.headers["X-Gpuwarden-Time"] = str(int(time.time() * 1000))
+    return response
 
 
 def with_toast(response: HTMLResponse, message: str, *, ok: bool) -> HTMLResponse:

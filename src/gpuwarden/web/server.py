@@ -55,7 +55,7 @@ def run_server(settings: Settings) -> None:
           " press Ctrl+C to stop", flush=True)
     # Open dashboards hold /events streams: a stop waits for them at most this long, then ends them, so
     # the shutdown (and stop_models_on_exit) always runs.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, **proxy_options(settings))
 
 

@@ -14,7 +14,11 @@
     return secs + "s";
   }
 
-  function syncClock() {
+  // The server's time comes with each fragment (X-Gpuwarden-Time: a fragment may have been rendered
+  // a while before it was served to this browser); the page itself carries its render time.
+  function syncClock(xhr) {
+    var serverNow = xhr && Number(xhr.getResponseHeader("X-Gpuwarden-Time"));
+    if (serverNow) { offsetMs = serverNow - Date.now(); return; }
     var root = document.getElementById("dashboard-content");
     var renderedAt = root && Date.parse(root.getAttribute("data-rendered-at") || "");
     if (renderedAt) { offsetMs = renderedAt - Date.now(); }
@@ -82,9 +86,9 @@
       event.detail.requestConfig.verb === "get" ? remember() : null;
   });
   document.body.addEventListener("gw-toast", function (event) { toast(event.detail); });
-  document.body.addEventListener("htmx:afterSettle", function () {
+  document.body.addEventListener("htmx:afterSettle", function (event) {
     if (kept) { restore(kept); kept = null; }
-    syncClock();
+    syncClock(event.detail && event.detail.xhr);
     tick();
     document.querySelectorAll("form.multi").forEach(syncMultiSelect);
   });
@@ -96,7 +100,7 @@
     toast({ok: false, message: "gpuwarden cannot be reached: is the server running?"});
   });
   // Server-sent events: "update" when a model or a GPU changed. The open dashboards fetch the new
-  // content once, spread over a short jitter so that a hundred of them do not ask at the same moment,
+  // content once (rendered once on the server, whoever asks), spread over a short jitter,
   // and never over an answer still on its way (an action's refusal would be swapped away).
   // A hidden tab lets its stream go (browsers give a site six connections: six open tabs must not
   // starve the seventh) and catches up when shown; a stream that failed (gpuwarden restarting, a
@@ -111,7 +115,7 @@
       if (document.getElementById("dashboard-content")) {
         htmx.ajax("GET", "/dashboard/refresh?probe=false", {target: "#dashboard-content", swap: "outerHTML"});
       }
-    }, 100 + Math.random() * 300);
+    }, Math.random() * 100);
   }
   function disconnect() {
     if (source) { source.close(); source = null; }
