@@ -1,8 +1,8 @@
 """Quick start, on Windows and Linux, with nothing but Python 3.11+:
 
-    python run.py demo     # installs into .venv, starts gpuwarden on built-in demo data
-    python run.py test     # installs into .venv, runs ruff, mypy (linux and win32), the import
-                           # contracts (import-linter) and every test
+    python run.py demo     # installs gpuwarden (only) into .venv, starts it on built-in demo data
+    python run.py test     # adds the test tools to .venv, runs ruff, mypy (linux and win32), the
+                           # import contracts (import-linter) and every test
 
     python run.py test-windows   # Linux with root and apt (CI): the whole suite again under a real
                                  # Windows CPython in Wine (tools/windows-wine.sh installs both)
@@ -34,8 +34,9 @@ def run(*command: str | Path, env: dict[str, str] | None = None) -> int:
     return subprocess.call([str(part) for part in command], cwd=ROOT, env=env)
 
 
-def ensure_installed() -> Path:
-    """Create .venv and install gpuwarden with its test tools, again only when pyproject.toml changes."""
+def ensure_installed(*, tests: bool) -> Path:
+    """Create .venv and install gpuwarden (with its test tools for ``tests``); again only when
+    pyproject.toml changes, or the tests need tools the demo did not install."""
     if sys.version_info < (3, 11):
         sys.exit(f"gpuwarden needs Python 3.11 or newer (this is {sys.version.split()[0]})")
     python = venv_python()
@@ -44,13 +45,14 @@ def ensure_installed() -> Path:
 
         print(f"creating {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
-    if not STAMP.exists() or STAMP.read_text().strip() != wanted:
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    installed = STAMP.read_text().split() if STAMP.exists() else []
+    if installed[:1] != [digest] or (tests and "test" not in installed):
         if run(python, "-m", "pip", "install", "--quiet", "--upgrade", "pip") != 0:
             sys.exit("pip upgrade failed")
-        if run(python, "-m", "pip", "install", "--quiet", "-e", ".[test]") != 0:
+        if run(python, "-m", "pip", "install", "--quiet", "-e", ".[test]" if tests else ".") != 0:
             sys.exit("installing gpuwarden failed (see pip's message above)")
-        STAMP.write_text(wanted)
+        STAMP.write_text(f"{digest} test" if tests else digest)
     return python
 
 
@@ -130,7 +132,7 @@ def main(argv: list[str]) -> int:
         return 2
     if argv[0] == "test-windows":
         return test_windows(argv[1:])
-    python = ensure_installed()
+    python = ensure_installed(tests=argv[0] == "test")
     if argv[0] == "demo":
         return demo(python, argv[1:])
     ensure_chromium()

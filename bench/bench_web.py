@@ -78,7 +78,7 @@ async def fan_out(port: int, dashboards: int) -> tuple[float, float, float]:
         await reader.readuntil(b"retry: 2000\n\n")
     server = psutil.Process(int(Path(os.environ["GW_BENCH_PID_FILE"]).read_text()))
     before = server.cpu_times()
-    await asyncio.sleep(10)
+    await asyncio.sleep(float(os.environ.get("GW_BENCH_IDLE", "10")))
     after = server.cpu_times()
     idle_share = (after.user + after.system - before.user - before.system) / 10
 
@@ -87,6 +87,13 @@ async def fan_out(port: int, dashboards: int) -> tuple[float, float, float]:
     for reader, writer in fetchers:  # a browser keeps the connection it fetched the content on
         writer.write(fragment)
         assert (await read_response(reader))[0] == 200
+    for reader, _ in streams:  # events of earlier changes are not this change's
+        while True:
+            try:
+                if not await asyncio.wait_for(reader.read(65536), 0.001):
+                    raise RuntimeError("the server closed an event stream")
+            except TimeoutError:
+                break
 
     async def follow(reader: asyncio.StreamReader, fetcher: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
         await reader.readuntil(b"event: update")

@@ -257,3 +257,27 @@ def test_unload_stops_a_model_whose_launcher_is_gone(rig: Rig) -> None:
     rig.host.kill_launcher(launcher.pid)
     assert rig.controller.unload("alpha").state is ModelState.STOPPED
     assert not launcher.model_running and launcher.model_pid in rig.host.stops
+
+
+def test_each_change_is_announced_once_and_others_changes_are_taken(rig: Rig) -> None:
+    """A change made here is pushed to the dashboards when it is made; supervision does not announce
+    it again. A change another process made (the CLI: another store on the same file) is announced
+    by supervision, and its settings are taken."""
+    controller = rig.controller
+    controller.reconcile(at_startup=True)
+    announced = controller.changes.version
+    controller.load("alpha", GPU0)
+    controller.update_settings({"memory_threshold_mib": 50})
+    controller.unload("alpha")
+    assert controller.changes.version > announced
+    announced = controller.changes.version
+    assert controller.reconcile() is False and controller.changes.version == announced
+    rig.new_controller().update_settings({"memory_threshold_mib": 70})  # the CLI, beside the server
+    assert controller.reconcile() is True and controller.changes.version == announced + 1
+    assert controller.runtime.memory_threshold_mib == 70
+    controller.load("alpha", GPU0)
+    cli = rig.new_controller()
+    with cli.store.exclusive() as tx:  # another process's change between two of ours
+        tx.save_settings({"memory_threshold_mib": 90})
+    controller.unload("alpha")
+    assert controller.reconcile() is True and controller.runtime.memory_threshold_mib == 90

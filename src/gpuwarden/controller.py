@@ -14,9 +14,8 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
-from pathlib import Path
 
 from gpuwarden import rules
 from gpuwarden.changes import ChangeSignal
@@ -27,17 +26,17 @@ from gpuwarden.errors import (
     ControllerError,
     InvalidSetting,
     LaunchFailed,
-    LoadRefused,
     NotLoaded,
     NotPermitted,
     StateUnavailable,
     UnknownModel,
 )
-from gpuwarden.launch import LaunchPlan, needs_port, plan_launch
+from gpuwarden.launch import needs_port, plan_launch
+from gpuwarden.launching import Reservation, launch_reserved
 from gpuwarden.people import Actor, AuditAction, AuditEntry, AuditResult, may_administer, may_unload
 from gpuwarden.probe.base import GpuSource, utc_now
 from gpuwarden.probe.shared import FAILURE_GAP_SECONDS, Freshness, SharedSource
-from gpuwarden.process import Launched, LaunchError, ProcessHost
+from gpuwarden.process import ProcessHost
 from gpuwarden.records import ModelState, ModelView, PlacementRecord, PlacementView, Selection, Snapshot
 from gpuwarden.runtime import RuntimeSettings
 from gpuwarden.store import STATE_DATABASE, Store, StoreError
@@ -45,17 +44,6 @@ from gpuwarden.supervision import Supervision
 from gpuwarden.tally import Tally
 
 SYSTEM = Actor.system()  # gpuwarden acting on its own (stop_models_on_exit), and tests
-
-
-@dataclass(frozen=True)
-class Reservation:
-    """A load whose GPUs are reserved (a committed placement without a process yet)."""
-
-    placement_id: int
-    plan: LaunchPlan
-    log_path: Path
-    actor: Actor
-    gpu_indexes: tuple[int, ...]
 
 
 class Controller:
@@ -243,44 +231,8 @@ class Controller:
             rules.check_selection(selection or Selection.cpu(), document)
 
     def _launch(self, reservation: Reservation) -> None:
-        plan = reservation.plan
-        try:
-            launched = self.processes.launch(model_name=plan.model_name, argv=plan.argv, env=plan.env,
-                                             cwd=plan.cwd, log_path=reservation.log_path)
-        except LaunchError as error:
-            # If the database fails here too, reconcile gives the reservation up later.
-            with contextlib.suppress(StoreError), self.store.exclusive() as tx:
-                tx.delete_reservation(reservation.placement_id)
-            raise LaunchFailed(str(error)) from None
-        try:
-            with self.store.exclusive() as tx:
-                attached = tx.attach_process(reservation.placement_id, pid=launched.pid,
-                                             process_start_time=launched.start_time)
-                if attached:
-                    tx.add_audit(AuditEntry.by(reservation.actor, AuditAction.LOAD, AuditResult.OK,
-                                               model=plan.model_name, gpus=reservation.gpu_indexes,
-                                               detail=f"launcher PID {launched.pid}"), at=self.clock())
-        except StoreError as error:
-            self._stop_launched(launched, reservation, f"its process could not be recorded: {error}")
-            raise StateUnavailable(f"cannot load {plan.model_name}: {error}; it was stopped again") from None
-        if not attached and not self._adopted(reservation, launched):
-            self._stop_launched(launched, reservation, None)
-            raise LoadRefused(f"model {plan.model_name} was unloaded while it started; it was stopped again")
-
-    def _adopted(self, reservation: Reservation, launched: Launched) -> bool:
-        """Did supervision find this launch and record it already (a slow loader)?"""
-        with contextlib.suppress(StoreError), self.store.read() as tx:
-            return any(p.id == reservation.placement_id and p.pid == launched.pid for p in tx.active_placements())
-        return False
-
-    def _stop_launched(self, launched: Launched, reservation: Reservation, error: str | None) -> None:
-        """A model launched for a load that cannot be recorded: stop it, and give the load up."""
-        self.processes.stop(launched.pid, launched.start_time, self.settings.unload_timeout_seconds,
-                            log_path=reservation.log_path)
-        if error is not None:
-            with contextlib.suppress(StoreError), self.store.exclusive() as tx:
-                tx.finish_placement(reservation.placement_id, state=ModelState.FAILED, ended_at=self.clock(),
-                                    exit_code=None, error=error, log_tail=None)
+        launch_reserved(reservation, store=self.store, processes=self.processes, clock=self.clock,
+                        unload_timeout_seconds=self.settings.unload_timeout_seconds)
 
     def unload(self, name: str, *, actor: Actor = SYSTEM) -> ModelView:
         """Stop the model's whole process tree (graceful, then forced) and free its GPUs. Only its
@@ -373,9 +325,12 @@ class Controller:
             except StoreError:
                 return False
         if generation != self._store_generation:
-            changed = changed or self._store_generation != -1
+            # Another process's change (the CLI): announced, and its settings taken. This process's
+            # own changes were announced when they were made.
+            if self._store_generation == -1 or self.store.changed_by_others(self._store_generation, generation):
+                changed = changed or self._store_generation != -1
+                self._load_runtime_settings()
             self._store_generation = generation
-            self._load_runtime_settings()
         if changed:
             self._changed()
         return changed

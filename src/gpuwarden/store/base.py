@@ -35,6 +35,7 @@ class TxCore:
 
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._db = connection
+        self.own_steps: list[tuple[int, int]] = []  # (generation before, after) of each bump made here
 
     def _execute(self, sql: str, parameters: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         try:
@@ -51,6 +52,8 @@ class TxCore:
             return 0
 
     def _bump_generation(self) -> None:
+        before = self.generation()
         self._execute(
             "INSERT INTO meta (key, value) VALUES ('generation', '1')"
             " ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1")
+        self.own_steps.append((before, self.generation()))

@@ -23,6 +23,8 @@ from gpuwarden.store.accounts import AccountsTx
 from gpuwarden.store.base import StoreError
 from gpuwarden.store.placements import PlacementsTx
 
+OWN_STEPS_KEPT = 1024
+
 
 class StoreTx(PlacementsTx, AccountsTx):
     """Reads and writes within one transaction: placements and settings, accounts and the audit trail."""
@@ -42,6 +44,7 @@ class Store:
         self._lock = threading.Lock()
         self._watch: list[sqlite3.Connection] = []  # the data_version connection, once opened
         self._watch_epoch = 0
+        self._own_steps: dict[int, int] = {}  # generation -> the generation a commit here left (bounded)
         # sqlite3 connections are freed by the garbage collector only (a reference cycle of their own):
         # a Store that is dropped closes its files at once
         weakref.finalize(self, _close_connections, self._lock, self._kept, self._watch)
@@ -136,8 +139,9 @@ class Store:
                 raise StoreError(f"state database {self.path} is busy or locked ({error})") from None
             except sqlite3.Error as error:
                 raise StoreError(f"state database {self.path} is unusable ({error})") from None
+            tx = StoreTx(connection)
             try:
-                yield StoreTx(connection)
+                yield tx
             except BaseException:
                 connection.execute("ROLLBACK")
                 healthy = True
@@ -149,11 +153,25 @@ class Store:
                     connection.execute("ROLLBACK")
                 raise StoreError(f"cannot write state database {self.path}: {error}") from None
             healthy = True
+            if tx.own_steps:
+                with self._lock:
+                    self._own_steps.update(tx.own_steps)
+                    while len(self._own_steps) > OWN_STEPS_KEPT:
+                        del self._own_steps[next(iter(self._own_steps))]
         finally:
             if not kept:
                 connection.close()
             elif not healthy or connection.in_transaction:
                 self._forget(connection)
+
+    def changed_by_others(self, seen: int, now: int) -> bool:
+        """Did a commit of another store (another process, the CLI) move the generation from ``seen``
+        to ``now``, rather than this store's own commits alone?"""
+        with self._lock:
+            generation = seen
+            while generation != now and generation in self._own_steps:
+                generation = self._own_steps[generation]
+        return generation != now
 
     def read(self) -> AbstractContextManager[StoreTx]:
         """A read transaction (``with store.read() as tx``)."""
