@@ -43,6 +43,7 @@ from gpuwarden.web import api, limits, login, metrics, pages
 from gpuwarden.web.auth import SECRET_FILE, Authenticator, CookieSigner, client_address, load_secret, session_id
 from gpuwarden.web.events import EventHub
 from gpuwarden.web.guard import RequestGuard, allowed_host_names, is_loopback, this_machine_names
+from gpuwarden.web.lean import HotPaths
 from gpuwarden.web.probing import ProbeWaiter
 from gpuwarden.web.rendered import RenderedViews
 
@@ -155,7 +156,9 @@ def create_app(controller: Controller, *, monitor: bool = True) -> FastAPI:
                                           detail=f"{reason}: {scope.get('method')} {str(scope.get('path'))[:200]}"))
 
     app.add_exception_handler(RequestValidationError, limits.validation_error)
-    # Outermost first: the Host and cross-site checks, then who is asking, then the body's size.
+    # Outermost first: the Host and cross-site checks, then who is asking, then the body's size,
+    # then the polled GETs answered before the router.
+    app.add_middleware(HotPaths, endpoints={"/api/gpus": api.gpus, "/dashboard/refresh": pages.refresh})
     app.add_middleware(limits.BodyLimit)
     app.add_middleware(Authenticator, accounts=accounts, signer=signer)
     interfaces = this_machine_names() if settings.host in ("0.0.0.0", "::") else ()  # noqa: S104
