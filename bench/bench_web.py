@@ -48,14 +48,10 @@ def runs_of(count: int, measure: Callable[[], float]) -> list[float]:
     return [measure() for _ in range(count)]
 
 
-def rate_and_p99(stack: Stack, port: int, path: str, runs: int, seconds: float) -> tuple[list[float], list[float]]:
-    rates, p99s = [], []
-    for _ in range(runs):
-        result: LoadResult = asyncio.run(hammer(HOST, port, path, connections=10, seconds=seconds))
-        assert result.errors == 0, f"{result.errors} errors on {path}"
-        rates.append(result.rate)
-        p99s.append(result.percentile_ms(0.99))
-    return rates, p99s
+def measure(port: int, path: str, seconds: float) -> LoadResult:
+    result: LoadResult = asyncio.run(hammer(HOST, port, path, connections=10, seconds=seconds))
+    assert result.errors == 0, f"{result.errors} errors on {path}"
+    return result
 
 
 def metric(port: int, name: str, labels: str = "") -> float:
@@ -179,15 +175,21 @@ def python_seconds(stack: Stack) -> float:
 
 def web_rows(stack: Stack, runs: int, seconds: float) -> list[tuple[str, str, str]]:
     rows = []
+    measure(stack.port, "/api/gpus", seconds)  # warm both up: the first seconds of a server are slower
+    measure(stack.bare_port, "/api/gpus", seconds)
     for label, path in (("cached `GET /api/gpus`, c=10", "/api/gpus"),
                         ("`GET /dashboard/refresh`, 8 GPUs × 20 models, c=10", "/dashboard/refresh")):
-        rates, p99s = rate_and_p99(stack, stack.port, path, runs, seconds)
-        bare_rates, _ = rate_and_p99(stack, stack.bare_port, path, runs, seconds)
-        ratio = statistics.median(rates) / statistics.median(bare_rates)
+        ours, bare = [], []
+        for _ in range(runs):  # side by side, run after run: the machine's drift hits both alike
+            ours.append(measure(stack.port, path, seconds))
+            bare.append(measure(stack.bare_port, path, seconds))
+        ratios = [o.rate / b.rate for o, b in zip(ours, bare, strict=True)]
         naive_ms = stack.naive_render_ms(path)
-        rows.append((label, f"{spread(rates, ' req/s')}; p99 {spread(p99s, ' ms', 1)}",
-                     f"bare Starlette, same bytes: {spread(bare_rates, ' req/s')} (ratio {ratio:.2f});"
-                     f" a render per request: {naive_ms:.2f} ms each (≤ {1000 / naive_ms:,.0f} req/s)"))
+        rows.append((label, f"{spread([o.rate for o in ours], ' req/s')};"
+                            f" p99 {spread([o.percentile_ms(0.99) for o in ours], ' ms', 1)}",
+                     f"bare Starlette, same bytes: {spread([b.rate for b in bare], ' req/s')}"
+                     f" (ratio {spread(ratios, '', 2)}); a render per request: {naive_ms:.2f} ms each"
+                     f" (≤ {1000 / naive_ms:,.0f} req/s)"))
     fan = [asyncio.run(fan_out(stack.port, DASHBOARDS)) for _ in range(runs)]
     naive_ms = DASHBOARDS * stack.naive_render_ms("/dashboard/refresh")
     rows.append((f"a change reaching {DASHBOARDS} open dashboards (event + fragment)",

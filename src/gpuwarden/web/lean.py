@@ -58,13 +58,13 @@ class HotPaths:
         await response(scope, receive, send)
 
 
-def query_flag(request: Request, name: str) -> bool:
-    """A boolean query parameter (absent: False); 422 for anything that is not a boolean."""
+def query_flag(request: Request, name: str, *, default: bool = False) -> bool:
+    """A boolean query parameter (``default`` when absent); 422 for anything that is not a boolean."""
     if not request.scope.get("query_string"):
-        return False
+        return default
     raw = request.query_params.get(name)
     if raw is None:
-        return False
+        return default
     word = raw.strip().lower()
     if word in TRUE_WORDS or word in FALSE_WORDS:
         return word in TRUE_WORDS

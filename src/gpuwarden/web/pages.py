@@ -70,7 +70,7 @@ async def refresh(request: Request) -> Response:
     """The dashboard content. The periodic poll probes unless another dashboard just did;
     ``now=true`` (the Refresh button) always probes; ``probe=false`` takes the latest reading (after
     a push). Rendered once per change, whoever asks: served as ready bytes until something changes."""
-    probe = request.query_params.get("probe") is None or query_flag(request, "probe")
+    probe = query_flag(request, "probe", default=True)
     freshness = (Freshness.CACHED if not probe else Freshness.NOW if query_flag(request, "now")
                  else Freshness.within(SHARED_POLL_SECONDS))
     snapshot = await probe_waiter(request).snapshot(freshness)
