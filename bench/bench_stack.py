@@ -104,7 +104,7 @@ class Stack:
         from gpuwarden.config import load_settings
         from gpuwarden.controller import build_controller
         from gpuwarden.people import Actor, Channel
-        from gpuwarden.web.pages import content_context
+        from gpuwarden.web.context import content_context
         from gpuwarden.web.templating import templates
 
         controller = build_controller(load_settings(self.config))

@@ -32,6 +32,12 @@ def test_file_then_environment_then_overrides(tmp_path: Path) -> None:
     assert settings.models[0].command == ("prog", "--port", "{port}")
 
 
+def test_setting_names_are_read_whatever_their_case(tmp_path: Path) -> None:
+    config = write(tmp_path / "g.toml", 'Port = 9000\nMEMORY_THRESHOLD_MIB = 64\n')
+    settings = load_settings(config, environ={"gpuwarden_refresh_interval_seconds": "90"})
+    assert (settings.port, settings.memory_threshold_mib, settings.refresh_interval_seconds) == (9000, 64, 90)
+
+
 def test_config_from_environment_variable(tmp_path: Path) -> None:
     config = write(tmp_path / "g.toml", "memory_threshold_mib = 77\n")
     assert load_settings(environ={"GPUWARDEN_CONFIG": str(config)}).memory_threshold_mib == 77
@@ -51,6 +57,7 @@ def test_config_from_environment_variable(tmp_path: Path) -> None:
     ('[[models]]\nname = "a"\ncommand = "sleep 9"\n', {}, 'command must be a list of arguments, e.g. ["sleep", "9"]'),
     ('[[models]]\nname = "a"\ncommand = ["x"]\n[[models]]\nname = "a"\ncommand = ["y"]\n', {}, "duplicate name a"),
     ("memory_threshold_mib = \n", {}, "not valid TOML"),
+    ("Port = 9000\nport = 9001\n", {}, "sets 'port' twice (Port, port)"),
 ])
 def test_bad_values_name_the_key(tmp_path: Path, text: str, env: dict[str, str], message: str) -> None:
     config = write(tmp_path / "g.toml", text)

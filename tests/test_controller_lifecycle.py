@@ -204,9 +204,15 @@ def test_unload_stops_the_tree_and_records_how_it_ended(rig: Rig) -> None:
 
 def test_launch_failure_records_nothing(rig: Rig) -> None:
     rig.host.launch_error = "command not found: 'server'"
+    announced = rig.controller.changes.version
     with pytest.raises(ControllerError, match="command not found"):
         rig.controller.load("alpha", GPU0)
     assert rig.state("alpha") is ModelState.NOT_LOADED
+    assert rig.controller.changes.version > announced  # the reservation came and went: dashboards hear
+    announced = rig.controller.changes.version
+    with pytest.raises(ControllerError, match="unknown model"):
+        rig.controller.load("nope", GPU0)
+    assert rig.controller.changes.version == announced  # a refusal before any reservation changed nothing
     rig.host.launch_error = None
     rig.controller.load("alpha", GPU0)
     with pytest.raises(LoadRefused, match="already loaded"):

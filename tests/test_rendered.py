@@ -17,6 +17,7 @@ from gpuwarden.controller import Controller, build_controller
 from gpuwarden.people import Actor, Channel
 from gpuwarden.probe.shared import Freshness
 from gpuwarden.records import parse_selection
+from gpuwarden.store import StoreError
 from gpuwarden.web.app import create_app
 from gpuwarden.web.rendered import DASHBOARD, STATUS, RenderedViews
 from tests.conftest import FakeSmi
@@ -124,6 +125,27 @@ async def test_a_busy_database_means_a_render_not_a_stale_body(
     views.status_body(snapshot)
     views.status_body(snapshot)
     assert views.renders()[STATUS] == 2
+
+
+async def test_a_body_rendered_while_the_database_fails_is_not_kept(
+        fake_smi: FakeSmi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    controller = make_controller(tmp_path)
+    views = RenderedViews(controller, create_app(controller, monitor=False).state.accounts)
+    snapshot = controller.snapshot()
+    guest = Actor(None, admin=False, channel=Channel.WEB)
+
+    def unreadable() -> Any:
+        raise StoreError("state database is busy or locked (database is locked)")
+
+    monkeypatch.setattr(controller.store, "read", unreadable)
+    degraded = [views.status_body(snapshot), views.status_body(snapshot)]
+    fragments = [views.dashboard_body(snapshot, guest), views.dashboard_body(snapshot, guest)]
+    assert b"model placements unknown" in degraded[0] and b"State database problem" in fragments[0]
+    assert views.renders() == {STATUS: 2, DASHBOARD: 2}  # a passing trouble is never served from the cache
+    monkeypatch.undo()
+    assert b"model placements unknown" not in views.status_body(snapshot)
+    views.status_body(snapshot)
+    assert views.renders()[STATUS] == 3
 
 
 async def test_the_lean_routes_refuse_what_fastapi_would_and_stay_documented(

@@ -80,6 +80,20 @@ def test_a_running_model_shows_its_memory_and_work_on_each_of_its_gpus() -> None
         assert gpu.temperature_c is not None and 40 < gpu.temperature_c < 80
 
 
+@pytest.mark.parametrize("windows", [False, True])
+def test_a_demo_model_given_a_simulated_processs_pid_never_takes_its_place(windows: bool) -> None:
+    """The demo models are real processes: under Wine one can get the PID the simulated shell has."""
+    simulated = simulate(CYCLE_START, (), windows=windows).processes
+    clashing = [DemoModelProcess(pid=p.pid, name="python3", gpu_indexes=(0,), memory_mib=100) for p in simulated]
+    snapshot = simulate(CYCLE_START, clashing, windows=windows)
+    pids = [p.pid for p in snapshot.processes]
+    assert len(pids) == len(set(pids)) == 2 * len(simulated)
+    placements = [PlacementView(f"m{n}", (0,), frozenset({model.pid})) for n, model in enumerate(clashing)]
+    busy, desktop = classify(snapshot, 30, placements, DESKTOP).gpus[1:]
+    assert busy.state is GpuState.OCCUPIED_BY_OTHERS and "alice" in busy.reason
+    assert desktop.state is GpuState.IDLE and desktop.desktop_memory_mib == (547 if windows else 649)
+
+
 def test_a_model_registered_on_gpus_the_machine_lacks_is_not_invented() -> None:
     stray = DemoModelProcess(pid=4500, name="python3", gpu_indexes=(7,), memory_mib=100)
     assert not [p for p in simulate(CYCLE_START, (stray,), windows=False).processes if p.pid == 4500]

@@ -4,8 +4,10 @@ another process saved reach the server at its next reconcile, and saved values a
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import sys
+import threading
 from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
@@ -137,3 +139,53 @@ def test_a_version_1_database_is_upgraded_in_place(tmp_path: Path, recorded_vers
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
     with Store(path).read() as tx:  # opening it again changes nothing
         assert len(tx.latest_placements()) == 1
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="Windows cannot replace a file that is open")
+def test_a_replaced_database_file_is_followed(tmp_path: Path) -> None:
+    """Someone moves a database aside and puts another in its place while the server runs: the
+    store's kept connections let the old file go, and reads, writes and data_version follow the new."""
+    path = tmp_path / "state" / "gpuwarden.db"
+    store = Store(path)
+    with store.exclusive() as tx:
+        tx.save_settings({"memory_threshold_mib": 40})
+    version = store.data_version()
+    other = tmp_path / "other.db"
+    with Store(other).exclusive() as tx:
+        tx.save_settings({"memory_threshold_mib": 70})
+    os.replace(other, path)
+    with store.read() as tx:
+        assert tx.settings()["memory_threshold_mib"] == 70
+    with store.exclusive() as tx:  # a write lands in the new file (the old one's connection is gone)
+        tx.save_settings({"memory_threshold_mib": 80})
+    with Store(path).read() as tx:
+        assert tx.settings()["memory_threshold_mib"] == 80
+    moved = store.data_version()
+    with Store(path).exclusive() as tx:  # the CLI, on the new file
+        tx.save_settings({"memory_threshold_mib": 90})
+    assert len({version, moved, store.data_version()}) == 3
+    assert path.resolve() in {Path(f.path).resolve() for f in psutil.Process().open_files()}
+    store.close()
+    assert path.resolve() not in {Path(f.path).resolve() for f in psutil.Process().open_files()}
+
+
+def test_close_leaves_a_transaction_under_way_to_finish(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state" / "gpuwarden.db")
+    inside, closed = threading.Event(), threading.Event()
+    seen: list[object] = []
+
+    def reader() -> None:
+        with store.read() as tx:
+            inside.set()
+            closed.wait(10)
+            seen.append(tx.settings())  # its connection was not closed under it
+        with store.read() as tx:  # and the thread opens a new one afterwards
+            seen.append(tx.generation())
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    assert inside.wait(10)
+    store.close()
+    closed.set()
+    thread.join(10)
+    assert seen == [{}, 0]

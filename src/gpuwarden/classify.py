@@ -129,6 +129,7 @@ class StatusDocument:
     unassigned_processes: tuple[ProcessInfo, ...]
     processes_listed: bool  # False where the output cannot list processes (seed's CSV form)
     last_good_at: datetime | None = None  # unreadable: when the GPUs were last read well (None: unknown)
+    placements_known: bool = True  # False: the state database could not be read (a warning says so)
 
     @property
     def total_gpus(self) -> int:

@@ -256,7 +256,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
-    return data
+    # Setting names are read whatever their case ("Port" is port), as the environment's are.
+    keys: dict[str, str] = {}
+    for key in data:
+        if keys.setdefault(key.lower(), key) != key:
+            raise ConfigError(f"config file {path} sets '{key.lower()}' twice ({keys[key.lower()]}, {key})")
+    return {key.lower(): value for key, value in data.items()}
 
 
 def _format_validation_error(error: ValidationError, origin: dict[str, str], default_origin: str) -> str:

@@ -147,7 +147,8 @@ class Controller:
                 records = tx.active_placements()
         except StoreError as error:
             document = classify(snapshot, threshold, (), self.desktop)
-            return replace(document, warnings=(*document.warnings, f"model placements unknown: {error}"))
+            return replace(document, warnings=(*document.warnings, f"model placements unknown: {error}"),
+                           placements_known=False)
         return classify(snapshot, threshold, self.placement_views(records), self.desktop)
 
     # ----------------------------------------------------------------- models
@@ -183,14 +184,18 @@ class Controller:
         the launch, and the process recorded. A launched model is never left running unrecorded:
         whatever fails after the launch stops it again. The model belongs to ``actor``; refusals and
         failures are audited like the load itself."""
+        reserved = False
         try:
             spec = self.model_spec(name)
             self.reconcile()
             reservation = self._reserve(spec, selection, actor)
+            reserved = True
             self._launch(reservation)
         except ControllerError as error:
             self.audit(AuditEntry.by(actor, AuditAction.LOAD, audit_result(error), model=name[:64],
                                      gpus=selection.gpu_indexes if selection else None, detail=str(error)))
+            if reserved:  # the reservation was given up, or the model marked failed: dashboards show it
+                self._changed()
             raise
         self.tally.loaded(name)
         self._changed()

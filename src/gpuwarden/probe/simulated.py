@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from gpuwarden.records import GpuProcess, GpuReading, Snapshot
@@ -83,6 +83,19 @@ def _model_rows(models: Sequence[DemoModelProcess]) -> tuple[GpuProcess, ...]:
                  for model in models for index in model.gpu_indexes if 0 <= index < len(DEMO_GPUS))
 
 
+def _clear_of(taken: set[int], processes: Sequence[GpuProcess]) -> list[GpuProcess]:
+    """The simulated processes, moved off the PIDs of the demo models (real processes: under Wine
+    a model can be given the very PID the simulated shell has)."""
+    moved, taken = [], set(taken)
+    for process in processes:
+        pid = process.pid
+        while pid in taken:
+            pid += 1
+        taken.add(pid)
+        moved.append(replace(process, pid=pid) if pid != process.pid else process)
+    return moved
+
+
 def _utilization(index: int, processes: Sequence[GpuProcess], training: bool, now_seconds: float) -> int:
     """Flat out under the training job, busy where a model serves, a little where only the desktop
     draws, drifting with time."""
@@ -112,7 +125,9 @@ def simulate(now: datetime, models: Sequence[DemoModelProcess], *, windows: bool
     training job's cycle counts from ``started_at`` (default: ``now``, the job's start)."""
     now_seconds = now.timestamp()
     foreign = foreign_process(now_seconds - (started_at or now).timestamp(), windows=windows)
-    processes = (*_model_rows(models), *([foreign] if foreign else []), *desktop_processes(windows=windows))
+    others = _clear_of({model.pid for model in models}, [*([foreign] if foreign else []),
+                                                          *desktop_processes(windows=windows)])
+    processes = (*_model_rows(models), *others)
     gpus = tuple(_reading(index, gpu, [p for p in processes if p.gpu_index == index],
                           foreign is not None and index == FOREIGN_GPU_INDEX, now_seconds)
                  for index, gpu in enumerate(DEMO_GPUS))

@@ -21,6 +21,7 @@ from gpuwarden.people import AuditEntry
 from gpuwarden.store import schema
 from gpuwarden.store.accounts import AccountsTx
 from gpuwarden.store.base import StoreError
+from gpuwarden.store.connections import FileIdentity, ThreadConnections, file_identity
 from gpuwarden.store.placements import PlacementsTx
 
 OWN_STEPS_KEPT = 1024
@@ -31,23 +32,21 @@ class StoreTx(PlacementsTx, AccountsTx):
 
 
 class Store:
-    """The gateway. Each thread keeps one connection of its own (threads never share one); a
-    connection that failed is closed and opened anew by the next transaction."""
+    """The gateway. Each thread keeps one connection of its own (:mod:`gpuwarden.store.connections`);
+    a connection that failed is closed and opened anew by the next transaction, and all of them when
+    the file at the path is replaced or removed."""
 
     def __init__(self, path: Path, busy_timeout_seconds: float = 30.0) -> None:
         self.path = path
         self._busy_timeout_seconds = busy_timeout_seconds
         self._ready = False
-        # thread ident -> (the thread, its connection); a plain dict, so that a dropped Store closes
-        # its files at once (a threading.local would hold them until the garbage collector runs)
-        self._kept: dict[int, tuple[weakref.ref[threading.Thread], sqlite3.Connection]] = {}
+        self._identity: FileIdentity | None = None  # the file the connections are open on
+        self._connections = ThreadConnections()
         self._lock = threading.Lock()
         self._watch: list[sqlite3.Connection] = []  # the data_version connection, once opened
         self._watch_epoch = 0
         self._own_steps: dict[int, int] = {}  # generation -> the generation a commit here left (bounded)
-        # sqlite3 connections are freed by the garbage collector only (a reference cycle of their own):
-        # a Store that is dropped closes its files at once
-        weakref.finalize(self, _close_connections, self._lock, self._kept, self._watch)
+        weakref.finalize(self, _close_watch, self._lock, self._watch)
 
     def _connect(self, busy_timeout_seconds: float | None = None) -> sqlite3.Connection:
         try:
@@ -69,50 +68,32 @@ class Store:
                 raise StoreError(f"state database {self.path} is unusable ({error}); it was left untouched:"
                                  " move it aside to start afresh") from None
             self._ready = True
+        if self._identity is None:
+            self._identity = file_identity(self.path)
         return connection
 
-    def _thread_connection(self) -> tuple[sqlite3.Connection, bool]:
-        """This thread's kept connection (opened now if it has none), or a connection of its own
-        (kept: False) for a transaction opened inside another one."""
-        thread = threading.current_thread()
+    def _follow_the_file(self) -> None:
+        """If the file at the path is no longer the one the connections are open on (replaced, moved
+        aside, removed), let them all go: what they read and wrote is another file's."""
+        if self._identity is None or file_identity(self.path) == self._identity:
+            return
         with self._lock:
-            kept = self._kept.get(thread.ident or 0)
-        if kept is not None and kept[0]() is thread and not kept[1].in_transaction:
-            return kept[1], True
-        connection = self._connect()
-        if kept is not None and kept[0]() is thread:
-            return connection, False
-        with self._lock:
-            self._close_for_ended_threads()
-            self._kept[thread.ident or 0] = (weakref.ref(thread), connection)
-        return connection, True
-
-    def _close_for_ended_threads(self) -> None:
-        """Under the lock: close the connections of threads that ended (a thread pool's idle workers)."""
-        for ident, (thread_ref, connection) in list(self._kept.items()):
-            thread = thread_ref()
-            if thread is None or not thread.is_alive():
-                del self._kept[ident]
-                with contextlib.suppress(sqlite3.Error):
-                    connection.close()
-
-    def _forget(self, connection: sqlite3.Connection) -> None:
-        """Close a kept connection that failed: the next transaction opens a new one."""
-        with self._lock:
-            for ident, (_, kept) in list(self._kept.items()):
-                if kept is connection:
-                    del self._kept[ident]
-        with contextlib.suppress(sqlite3.Error):
-            connection.close()
+            self._identity = None
+            self._ready = False
+            self._own_steps.clear()
+            _close_watch_unlocked(self._watch)
+        self._connections.close()
 
     def close(self) -> None:
         """Close every kept connection (a server stopping; tests, before their files are removed)."""
-        _close_connections(self._lock, self._kept, self._watch)
+        self._connections.close()
+        _close_watch(self._lock, self._watch)
 
     def data_version(self) -> int | None:
         """A number that changes whenever any connection (this process's or another's) commits a
         change: what was read from the database may be used again while it stays the same. Never
         waits on a writer: None if the database is busy or unusable (read it anew)."""
+        self._follow_the_file()
         with self._lock:
             try:
                 if not self._watch:
@@ -121,15 +102,13 @@ class Store:
                 row = self._watch[0].execute("PRAGMA data_version").fetchone()
                 return self._watch_epoch << 40 | int(row[0])
             except (StoreError, sqlite3.Error, TypeError, ValueError):
-                for connection in self._watch:
-                    with contextlib.suppress(sqlite3.Error):
-                        connection.close()
-                self._watch.clear()
+                _close_watch_unlocked(self._watch)
                 return None
 
     @contextmanager
     def _transaction(self, begin: str) -> Iterator[StoreTx]:
-        connection, kept = self._thread_connection()
+        self._follow_the_file()
+        connection, kept = self._connections.acquire(self._connect)
         healthy = False
         try:
             try:
@@ -142,9 +121,11 @@ class Store:
             tx = StoreTx(connection)
             try:
                 yield tx
-            except BaseException:
-                connection.execute("ROLLBACK")
-                healthy = True
+            except BaseException as error:
+                with contextlib.suppress(sqlite3.Error):
+                    connection.execute("ROLLBACK")
+                # the database's own trouble: a new connection next time; a refusal: the connection is fine
+                healthy = not isinstance(error, (StoreError, sqlite3.Error))
                 raise
             try:
                 connection.execute("COMMIT")
@@ -153,24 +134,29 @@ class Store:
                     connection.execute("ROLLBACK")
                 raise StoreError(f"cannot write state database {self.path}: {error}") from None
             healthy = True
-            if tx.own_steps:
-                with self._lock:
-                    self._own_steps.update(tx.own_steps)
-                    while len(self._own_steps) > OWN_STEPS_KEPT:
-                        del self._own_steps[next(iter(self._own_steps))]
+            self._note_own_steps(tx.own_steps)
         finally:
-            if not kept:
-                connection.close()
-            elif not healthy or connection.in_transaction:
-                self._forget(connection)
+            if kept:
+                self._connections.release(connection, healthy=healthy)
+            else:
+                with contextlib.suppress(sqlite3.Error):
+                    connection.close()
+
+    def _note_own_steps(self, steps: list[tuple[int, int]]) -> None:
+        if not steps:
+            return
+        with self._lock:
+            self._own_steps.update(steps)
+            while len(self._own_steps) > OWN_STEPS_KEPT:
+                del self._own_steps[next(iter(self._own_steps))]
 
     def changed_by_others(self, seen: int, now: int) -> bool:
         """Did a commit of another store (another process, the CLI) move the generation from ``seen``
         to ``now``, rather than this store's own commits alone?"""
         with self._lock:
-            generation = seen
-            while generation != now and generation in self._own_steps:
-                generation = self._own_steps[generation]
+            generation, steps = seen, 0
+            while generation != now and generation in self._own_steps and steps <= len(self._own_steps):
+                generation, steps = self._own_steps[generation], steps + 1
         return generation != now
 
     def read(self) -> AbstractContextManager[StoreTx]:
@@ -192,12 +178,14 @@ class Store:
         return self._transaction("BEGIN IMMEDIATE")
 
 
-def _close_connections(lock: threading.Lock, kept: dict[int, tuple[weakref.ref[threading.Thread], sqlite3.Connection]],
-                       watch: list[sqlite3.Connection]) -> None:
-    with lock:
-        connections = [connection for _, connection in kept.values()] + watch
-        kept.clear()
-        watch.clear()
-    for connection in connections:
+
+def _close_watch_unlocked(watch: list[sqlite3.Connection]) -> None:
+    for connection in watch:
         with contextlib.suppress(sqlite3.Error):
             connection.close()
+    watch.clear()
+
+
+def _close_watch(lock: threading.Lock, watch: list[sqlite3.Connection]) -> None:
+    with lock:
+        _close_watch_unlocked(watch)

@@ -42,7 +42,7 @@ from gpuwarden.probe.shared import Freshness
 from gpuwarden.web import api, limits, login, metrics, pages
 from gpuwarden.web.auth import SECRET_FILE, Authenticator, CookieSigner, client_address, load_secret, session_id
 from gpuwarden.web.events import EventHub
-from gpuwarden.web.guard import RequestGuard, allowed_host_names, is_loopback, this_machine_names
+from gpuwarden.web.guard import CrossSiteHook, RequestGuard, allowed_host_names, is_loopback, this_machine_names
 from gpuwarden.web.lean import HotPaths
 from gpuwarden.web.probing import ProbeWaiter
 from gpuwarden.web.rendered import RenderedViews
@@ -146,15 +146,6 @@ def create_app(controller: Controller, *, monitor: bool = True) -> FastAPI:
     async def controller_error(request: Request, error: ControllerError) -> JSONResponse:
         return JSONResponse(status_code=http_status_for(error), content={"detail": str(error)})
 
-    def audit_cross_site(scope: Scope, reason: str) -> None:
-        client = client_address(scope)
-        session = session_id(Request(scope), signer) if accounts.mode is AuthMode.PASSWORD else None
-        victim = accounts.session_actor(session, client) if session is not None else None
-        if victim is not None:  # someone's signed-in browser was used: worth telling them
-            reason += f", sent with {victim.name}'s session"
-        accounts.record_denial(AuditEntry(AuditAction.DENIED, AuditResult.REFUSED, client=client,
-                                          detail=f"{reason}: {scope.get('method')} {str(scope.get('path'))[:200]}"))
-
     app.add_exception_handler(RequestValidationError, limits.validation_error)
     # Outermost first: the Host and cross-site checks, then who is asking, then the body's size,
     # then the polled GETs answered before the router.
@@ -164,13 +155,29 @@ def create_app(controller: Controller, *, monitor: bool = True) -> FastAPI:
     interfaces = this_machine_names() if settings.host in ("0.0.0.0", "::") else ()  # noqa: S104
     app.add_middleware(RequestGuard, allowed_hosts=allowed_host_names(settings.host, settings.allowed_hosts,
                                                                       interfaces=interfaces),
-                       on_cross_site=audit_cross_site)
+                       on_cross_site=cross_site_auditor(accounts, signer))
     app.include_router(api.router)
     app.include_router(api.metrics_router)
     app.include_router(login.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     return app
+
+
+def cross_site_auditor(accounts: Accounts, signer: CookieSigner) -> CrossSiteHook:
+    """Audits each refused cross-site request, naming whose live session it carried, if any: that
+    person's browser was made to send it, and an admin can tell them."""
+
+    def audit(scope: Scope, reason: str) -> None:
+        client = client_address(scope)
+        session = session_id(Request(scope), signer) if accounts.mode is AuthMode.PASSWORD else None
+        victim = accounts.session_actor(session, client) if session is not None else None
+        if victim is not None:
+            reason += f", sent with {victim.name}'s session"
+        accounts.record_denial(AuditEntry(AuditAction.DENIED, AuditResult.REFUSED, client=client,
+                                          detail=f"{reason}: {scope.get('method')} {str(scope.get('path'))[:200]}"))
+
+    return audit
 
 
 def exposure_refusal(host: str) -> str:

@@ -5,7 +5,8 @@ What a body shows is fixed by its *basis*: the GPU reading (one snapshot object 
 state database's ``data_version`` (any commit, by this process or another, a CLI load included),
 the controller's change counter, the runtime settings, and for the fragment the viewer. Reading
 the basis costs microseconds and never waits (a busy database gives no basis: the body is rendered
-anew), so a hundred dashboards asking after one change cost one render.
+anew), so a hundred dashboards asking after one change cost one render. (The GPU history changes
+with the reading.) A body rendered while the database could not be read is served, but not kept.
 
 Ages and uptimes are not part of the body's basis: the browser ticks them (``dashboard.js``).
 """
@@ -42,7 +43,6 @@ class Basis:
     data_version: int
     change_version: int
     runtime: tuple[int, ...]
-    history_id: int
     viewer: tuple[str | None, bool] | None
 
 
@@ -75,7 +75,7 @@ class RenderedViews:
         runtime = self._controller.runtime
         return Basis(view, id(snapshot), data_version, self._controller.changes.version,
                      (runtime.memory_threshold_mib, runtime.refresh_interval_seconds),
-                     id(self._controller.gpus.history), (viewer.name, viewer.admin) if viewer is not None else None)
+                     (viewer.name, viewer.admin) if viewer is not None else None)
 
     def cached(self, basis: Basis | None) -> bytes | None:
         """The body for ``basis`` if it was rendered already (cheap: safe on the event loop)."""
@@ -107,19 +107,26 @@ class RenderedViews:
         if basis is None:
             return await anyio.to_thread.run_sync(render)
         task = self._rendering.get(basis)
-        if task is None:
+        if task is None or task.get_loop() is not asyncio.get_running_loop():
             task = asyncio.ensure_future(anyio.to_thread.run_sync(render))
             self._rendering[basis] = task
-            task.add_done_callback(lambda _: self._rendering.pop(basis, None))
+            task.add_done_callback(lambda done: self._render_done(basis, done))
         return await asyncio.shield(task)  # a reader that leaves does not cancel the others' render
+
+    def _render_done(self, basis: Basis, task: asyncio.Future[bytes]) -> None:
+        if self._rendering.get(basis) is task:
+            del self._rendering[basis]
+        if not task.cancelled():
+            task.exception()  # retrieved: a failed render whose readers all left is not logged as lost
 
     def status_body(self, snapshot: Snapshot) -> bytes:
         """The status document of ``snapshot`` as JSON (blocks: the database, process trees)."""
         basis = self.basis(STATUS, snapshot)
         body = self.cached(basis)
         if body is None:
-            body = status_json(self._controller.status_of(snapshot).to_dict())
-            self._keep(STATUS, basis, snapshot, body)
+            document = self._controller.status_of(snapshot)
+            body = status_json(document.to_dict())
+            self._keep(STATUS, basis if document.placements_known else None, snapshot, body)
         return body
 
     def dashboard_body(self, snapshot: Snapshot, actor: Actor) -> bytes:
@@ -129,7 +136,8 @@ class RenderedViews:
         if body is None:
             context = content_context(self._controller, self._accounts, actor, self._controller.status_of(snapshot))
             body = templates.get_template("_content.html").render(context).encode("utf-8")
-            self._keep(DASHBOARD, basis, snapshot, body)
+            degraded = context["state_error"] is not None or not context["status"].placements_known
+            self._keep(DASHBOARD, None if degraded else basis, snapshot, body)  # a passing trouble: not kept
         return body
 
     def _keep(self, view: str, basis: Basis | None, snapshot: Snapshot, body: bytes) -> None:
