@@ -6,7 +6,10 @@ from __future__ import annotations
 import itertools
 from datetime import UTC, datetime, timedelta
 
-from gpuwarden.history import MAX_SAMPLES_PER_GPU, WINDOW_SECONDS, History
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gpuwarden.history import MAX_SAMPLES_PER_GPU, WINDOW_SECONDS, Activity, History
 from gpuwarden.records import GpuReading, Snapshot
 
 START = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
@@ -46,15 +49,27 @@ def test_an_unreadable_reading_leaves_a_gap_not_a_zero() -> None:
     assert history.adding(failed) is history
 
 
-def test_how_long_a_gpu_has_been_idle() -> None:
-    history = History()
+def test_how_long_a_gpu_has_been_idle_at_each_level() -> None:
+    activity = Activity()
     for minute, utilization in enumerate([80, 70, 3, 0, 5, 2]):
-        history = history.adding(reading(START + timedelta(minutes=10 * minute), utilization, None))
-    now = START + timedelta(minutes=55)
-    assert history.idle_seconds(0, 5, now) == 35 * 60  # at or below 5% since minute 20
-    assert history.idle_seconds(0, 1, now) is None  # 2% now: not idle by that measure
-    assert history.idle_seconds(1, 5, now) is None  # GPU 1 reported no utilization
-    assert History().idle_seconds(0, 5, now) is None
+        activity = activity.adding(reading(START + timedelta(minutes=10 * minute), utilization, None))
+    assert activity.idle_since(0, 5) == START + timedelta(minutes=10)  # last above 5 %: the 70 % reading
+    assert activity.idle_since(0, 2) == START + timedelta(minutes=40)  # the 5 % reading was above 2 %
+    assert activity.idle_since(0, 99) == START  # never above 99 % since it was first seen
+    assert activity.idle_since(0, 0) is None  # 2 % now: busy by that measure
+    assert activity.idle_since(1, 5) is None  # utilization N/A: never idle
+    assert activity.idle_since(2, 5) is None and Activity().idle_since(0, 5) is None
+
+
+def test_activity_outlasts_the_history_and_a_failed_reading_counts_as_busy() -> None:
+    activity = Activity().adding(reading(START, 90))
+    for hour in range(1, 6):
+        activity = activity.adding(reading(START + timedelta(hours=hour), 1))
+    assert activity.idle_since(0, 5) == START  # five idle hours, beyond the history's one
+    failed = Snapshot(taken_at=START + timedelta(hours=6), source="t", error="nvidia-smi hung", unreadable=True)
+    assert activity.adding(failed).idle_since(0, 5) is None
+    assert activity.adding(failed).adding(reading(START + timedelta(hours=7), 1)).idle_since(0, 5) == (
+        START + timedelta(hours=6))  # counted anew from the failed reading
 
 
 def test_the_json_of_the_history() -> None:
@@ -69,3 +84,15 @@ def test_readings_more_often_than_the_cap_allows_stay_under_it() -> None:
     for tick in range(0, 2 * WINDOW_SECONDS * 2, 5):  # every 2.5 s for two hours
         history = history.adding(reading(START + timedelta(seconds=tick / 2), 10))
     assert len(history.of(0)) <= MAX_SAMPLES_PER_GPU + 1
+
+
+@given(st.lists(st.one_of(st.none(), st.integers(min_value=0, max_value=100)), min_size=1, max_size=30),
+       st.integers(min_value=0, max_value=99))
+def test_activity_agrees_with_counting_by_hand(utilizations: list[int | None], level: int) -> None:
+    activity = Activity()
+    for minute, utilization in enumerate(utilizations):
+        activity = activity.adding(reading(START + timedelta(minutes=minute), utilization))
+    busy = [m for m, u in enumerate(utilizations) if u is None or u > level]
+    last_busy = busy[-1] if busy else 0  # never busy: idle since first seen
+    expected = None if last_busy == len(utilizations) - 1 else START + timedelta(minutes=last_busy)
+    assert activity.idle_since(0, level) == expected

@@ -125,6 +125,10 @@ class RecordingController(Controller):
         self.calls.append(("snapshot", freshness, self.source.calls))
         return super().snapshot(freshness)
 
+    def unload_idle(self) -> list[str]:
+        self.calls.append(("unload_idle", None, self.source.calls))
+        return super().unload_idle()
+
 
 def test_start_reconciles_at_startup_first_then_probes_once(tmp_path: Path) -> None:
     controller, source = build(tmp_path, RecordingController)
@@ -137,3 +141,17 @@ def test_start_reconciles_at_startup_first_then_probes_once(tmp_path: Path) -> N
     finally:
         monitor.stop()
     assert controller.calls == [("reconcile", True, 0), ("snapshot", Freshness.NOW, 0)]  # stop ran no pass
+
+
+def test_each_pass_gives_idle_models_back_after_supervision(tmp_path: Path) -> None:
+    controller, _ = build(tmp_path, RecordingController)
+    assert isinstance(controller, RecordingController)
+    monitor = Monitor(controller, interval_seconds=0.02)
+    monitor.start()
+    try:
+        assert wait_for(lambda: any(name == "unload_idle" for name, _, _ in controller.calls), timeout=30)
+    finally:
+        monitor.stop()
+    names = [name for name, _, _ in controller.calls]
+    first = names.index("unload_idle")
+    assert names[first - 1] == "reconcile"  # the models' states are current when idle ones are picked

@@ -74,6 +74,11 @@ class ModelConfig(BaseModel):
     startup_grace_seconds: float = Field(
         default=2.0, ge=0, description="Without health_url: how long the process must stay alive to count as running.")
     description: str = Field(default="", max_length=500, description="Shown in the dashboard.")
+    idle_unload_minutes: int | None = Field(
+        default=None, ge=1, le=10_080, description="Unload the model once its GPUs have stayed at or below"
+        " idle_utilization_percent this long (off by default).")
+    idle_utilization_percent: int = Field(
+        default=5, ge=0, le=99, description="GPU utilization at or below which the model's GPUs count as idle.")
 
     @field_validator("command", mode="before")
     @classmethod
@@ -171,6 +176,9 @@ class Settings(BaseModel):
     desktop_memory_limit_mib: int = Field(
         default=DEFAULT_DESKTOP_MEMORY_LIMIT_MIB, ge=0, le=1_000_000, description="The most GPU memory the desktop's "
         "processes are credited with on one GPU; any use above it counts, whatever the processes are called.")
+    idle_notice_minutes: int = Field(
+        default=15, ge=1, le=10_080, description="The dashboard marks a loaded model whose GPUs have been idle"
+        " this long (at or below the model's idle_utilization_percent), so hoarded GPUs show.")
     models: tuple[ModelConfig, ...] = Field(default=(), description="The models users can load ([[models]]).")
     _notes: tuple[str, ...] = PrivateAttr(default=())
 

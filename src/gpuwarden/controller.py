@@ -159,9 +159,9 @@ class Controller:
                 latest = tx.latest_placements()
         except StoreError as error:
             raise StateUnavailable(str(error)) from None
-        now = self.clock()
-        return [rules.model_view(spec, latest.get(spec.name), now, self._model_pid(latest.get(spec.name)))
-                for spec in self.settings.models]
+        now, activity = self.clock(), self.gpus.activity
+        return [rules.model_view(spec, record, now, self._model_pid(record), rules.idle_since(spec, record, activity))
+                for spec, record in ((spec, latest.get(spec.name)) for spec in self.settings.models)]
 
     def _model_pid(self, record: PlacementRecord | None) -> int | None:
         if record is None or not record.active:
@@ -239,10 +239,23 @@ class Controller:
         launch_reserved(reservation, store=self.store, processes=self.processes, clock=self.clock,
                         unload_timeout_seconds=self.settings.unload_timeout_seconds)
 
-    def unload(self, name: str, *, actor: Actor = SYSTEM) -> ModelView:
+    def unload_idle(self) -> list[str]:
+        """Unload every model whose ``idle_unload_minutes`` passed with its GPUs idle (the server's
+        monitor calls this); the audit trail says why. The names unloaded."""
+        now, unloaded = self.clock(), []
+        for view in self.models():
+            spec = self.settings.model(view.name)
+            reason = rules.idle_reason(spec, view, now) if spec is not None else None
+            if reason is not None:
+                with contextlib.suppress(NotLoaded):  # someone unloaded it meanwhile
+                    self.unload(view.name, reason=reason)
+                    unloaded.append(view.name)
+        return unloaded
+
+    def unload(self, name: str, *, actor: Actor = SYSTEM, reason: str | None = None) -> ModelView:
         """Stop the model's whole process tree (graceful, then forced) and free its GPUs. Only its
         owner or an admin may, where there are accounts. A model removed from the configuration
-        while it ran can still be unloaded."""
+        while it ran can still be unloaded. ``reason``: why gpuwarden unloads it itself (audited)."""
         try:
             mine = self._begin_unload(name, actor)
         except ControllerError as error:
@@ -259,9 +272,9 @@ class Controller:
                     tx.finish_placement(record.id, state=ModelState.STOPPED, ended_at=self.clock(),
                                         exit_code=exit_record.exit_code if exit_record else None, error=None,
                                         log_tail=self.processes.log_tail(record.log_file))
+                    detail = f"{reason + '; ' if reason else ''}owner {record.owner or '-'}"
                     tx.add_audit(AuditEntry.by(actor, AuditAction.UNLOAD, AuditResult.OK, model=name,
-                                               gpus=record.gpu_indexes, detail=f"owner {record.owner or '-'}"),
-                                 at=self.clock())
+                                               gpus=record.gpu_indexes, detail=detail), at=self.clock())
         except StoreError as error:
             raise StateUnavailable(f"model {name} was stopped but its state could not be saved: {error}") from None
         self.snapshot(Freshness.NOW)

@@ -254,6 +254,7 @@ class ModelView:
     log_path: str | None
     uptime_seconds: float | None
     model_pid: int | None = None  # the model's own process; ``pid`` is its launcher's
+    idle_since: datetime | None = None  # running on GPUs that have all been idle since then (None: busy, unknown)
 
     @classmethod
     def not_loaded(cls, name: str, description: str, default_gpus: int) -> ModelView:
@@ -278,6 +279,7 @@ class ModelView:
             "owner": self.owner, "exit_code": self.exit_code, "error": self.error,
             "log_tail": self.log_tail, "log_path": self.log_path,
             "uptime_seconds": round(self.uptime_seconds, 1) if self.uptime_seconds is not None else None,
+            "idle_since": self.idle_since.isoformat() if self.idle_since else None,
         }
 
 

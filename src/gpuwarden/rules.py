@@ -13,6 +13,7 @@ from datetime import datetime
 from gpuwarden.classify import StatusDocument
 from gpuwarden.config import ModelConfig
 from gpuwarden.errors import BadSelection, LoadRefused
+from gpuwarden.history import Activity
 from gpuwarden.process.exitrecord import ExitRecord
 from gpuwarden.records import GpuState, ModelState, ModelView, PlacementRecord, Selection
 
@@ -112,10 +113,31 @@ def orphan_stopped(record: PlacementRecord, model_pid: int) -> Outcome:
                                      " was stopped so that it cannot run untracked")
 
 
+def idle_since(spec: ModelConfig, record: PlacementRecord | None, activity: Activity) -> datetime | None:
+    """Since when a running model's GPUs have all stayed at or below its ``idle_utilization_percent``
+    (never before it started); None if it is not running on GPUs or a GPU's activity is unknown."""
+    if record is None or record.state is not ModelState.RUNNING or not record.gpu_indexes:
+        return None
+    since = [activity.idle_since(index, spec.idle_utilization_percent) for index in record.gpu_indexes]
+    known = [at for at in since if at is not None]
+    return max([record.started_at, *known]) if len(known) == len(since) else None
+
+
+def idle_reason(spec: ModelConfig, view: ModelView, now: datetime) -> str | None:
+    """Why a model is to be unloaded as idle now (its ``idle_unload_minutes`` passed); None if not."""
+    if spec.idle_unload_minutes is None or view.idle_since is None:
+        return None
+    idle_minutes = (now - view.idle_since).total_seconds() / 60
+    if idle_minutes < spec.idle_unload_minutes:
+        return None
+    return (f"idle: its GPUs stayed at or below {spec.idle_utilization_percent}% utilization for"
+            f" {int(idle_minutes)} min (idle_unload_minutes = {spec.idle_unload_minutes})")
+
+
 def model_view(spec: ModelConfig, record: PlacementRecord | None, now: datetime,
-               model_pid: int | None = None) -> ModelView:
+               model_pid: int | None = None, idle: datetime | None = None) -> ModelView:
     """A configured model and its newest placement (None: never loaded); ``model_pid``: the model's
-    own process, where its launcher recorded it."""
+    own process, where its launcher recorded it; ``idle``: see :func:`idle_since`."""
     if record is None:
         return ModelView.not_loaded(spec.name, spec.description, spec.default_gpus)
     return ModelView(
@@ -124,7 +146,7 @@ def model_view(spec: ModelConfig, record: PlacementRecord | None, now: datetime,
         ended_at=record.ended_at, owner=record.owner, exit_code=record.exit_code,
         error=record.error, log_tail=record.log_tail if not record.active else None, log_path=record.log_path,
         uptime_seconds=(now - record.started_at).total_seconds() if record.active else None,
-        model_pid=model_pid)
+        model_pid=model_pid, idle_since=idle)
 
 
 def unconfigured_view(record: PlacementRecord) -> ModelView:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
-from gpuwarden.history import History
+from gpuwarden.history import Activity, History
 from gpuwarden.probe.assemble import failed_snapshot
 from gpuwarden.probe.base import GpuSource, utc_now
 from gpuwarden.records import Snapshot
@@ -96,6 +96,7 @@ class SharedSource:
         self._latest_at = 0.0
         self._last_good: Snapshot | None = None
         self._history = History()
+        self._activity = Activity()
         self._stats = ProbeStats()
 
     @property
@@ -105,6 +106,11 @@ class SharedSource:
     @property
     def latest(self) -> Snapshot | None:
         return self._latest
+
+    @property
+    def activity(self) -> Activity:
+        """How long each GPU has been idle, at each utilization level (one immutable value)."""
+        return self._activity
 
     @property
     def stats(self) -> ProbeStats:
@@ -177,6 +183,7 @@ class SharedSource:
         wrong here never keeps the lock's waiters from being woken."""
         try:
             self._history = self._history.adding(snapshot)
+            self._activity = self._activity.adding(snapshot)
             self._stats = self._stats.after(seconds, snapshot)
         except Exception as error:  # noqa: BLE001 - bookkeeping must not hang every reader
             print(f"gpuwarden: cannot keep the GPU history: {error!r}", flush=True)

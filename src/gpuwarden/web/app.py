@@ -96,6 +96,7 @@ class Monitor:
         while not self._stop.wait(self.interval_seconds):
             try:
                 self.controller.reconcile()
+                self.controller.unload_idle()
                 if time.monotonic() - self._last_refresh >= self.controller.runtime.refresh_interval_seconds:
                     self._last_refresh = time.monotonic()
                     self.controller.snapshot(Freshness.NOW)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from gpuwarden import people
@@ -39,13 +38,14 @@ def content_context(controller: Controller, accounts: Accounts, actor: Actor, st
         "activity": activity,
         "status": status,
         "history": controller.gpus.history,
-        "rendered_at": datetime.now(UTC),
+        "rendered_at": controller.clock(),
         "models": models,
         "state_error": state_error,
         "flash": flash or {},
         "settings_flash": settings_flash,
         "interval": controller.runtime.refresh_interval_seconds,
         "threshold": status.threshold_mib,
+        "idle_notice_seconds": controller.settings.idle_notice_minutes * 60,
         "ranges": RUNTIME_SETTING_RANGES,
         "version": controller.changes.version,
         "starting": any(m.state in (ModelState.STARTING, ModelState.STOPPING) for m in models),
