@@ -125,3 +125,15 @@ def test_the_dashboard_marks_a_model_idle_past_the_notice(tmp_path: Path) -> Non
     rig.utilization(0, 60, 0)
     rig.minutes_pass(5)
     assert "idle-mark" not in fragment()  # at work again
+
+
+def test_a_request_through_the_proxy_restarts_the_count(tmp_path: Path) -> None:
+    rig = IdleRig(tmp_path / "state")
+    running(rig, "lazy", 0)
+    rig.minutes_pass(20)
+    rig.controller.note_activity("lazy")  # someone asked it something through /models/lazy/
+    rig.minutes_pass(25)
+    assert rig.controller.unload_idle() == []
+    assert rig.view("lazy").idle_since == rig.controller.last_request_at("lazy")
+    rig.minutes_pass(5)
+    assert rig.controller.unload_idle() == ["lazy"]

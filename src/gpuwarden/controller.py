@@ -62,6 +62,7 @@ class Controller:
         self._runtime_lock = threading.Lock()
         self._load_lock = threading.Lock()
         self.changes = ChangeSignal()
+        self._requested_at: dict[str, datetime] = {}  # model -> its last request through gpuwarden's proxy
         self._store_generation = -1
         self._supervision = Supervision(settings, store, processes)
         self._load_runtime_settings()
@@ -159,9 +160,17 @@ class Controller:
                 latest = tx.latest_placements()
         except StoreError as error:
             raise StateUnavailable(str(error)) from None
-        now, activity = self.clock(), self.gpus.activity
-        return [rules.model_view(spec, record, now, self._model_pid(record), rules.idle_since(spec, record, activity))
+        now, activity, requested = self.clock(), self.gpus.activity, dict(self._requested_at)
+        return [rules.model_view(spec, record, now, self._model_pid(record),
+                                 rules.idle_since(spec, record, activity, requested.get(spec.name)))
                 for spec, record in ((spec, latest.get(spec.name)) for spec in self.settings.models)]
+
+    def note_activity(self, name: str) -> None:
+        """A request reached the model (through the proxy): it is in use, whatever its GPUs show."""
+        self._requested_at[name] = self.clock()
+
+    def last_request_at(self, name: str) -> datetime | None:
+        return self._requested_at.get(name)
 
     def _model_pid(self, record: PlacementRecord | None) -> int | None:
         if record is None or not record.active:

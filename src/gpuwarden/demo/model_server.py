@@ -1,8 +1,10 @@
 """A harmless stand-in for a model server, used by ``gpuwarden serve --demo`` and the tests
 (``python -m gpuwarden.demo.model_server``).
 
-It serves ``GET /health`` (200) and ``GET /`` (which GPUs it was given) on ``--port``, logs a line
-now and then, and exits cleanly on SIGTERM / Ctrl+C. It loads nothing and downloads nothing.
+It serves ``GET /health`` (200), ``GET /`` (which GPUs it was given), ``GET /stream?words=N`` (N
+words, one chunk each, as a language model streams its answer) and ``POST /echo`` (the request's body,
+method, path and headers back) on ``--port``, logs a line now and then, and exits cleanly on SIGTERM /
+Ctrl+C. It loads nothing and downloads nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +23,12 @@ from types import FrameType
 
 
 class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
     def do_GET(self) -> None:
+        if self.path.startswith("/stream"):
+            self._stream()
+            return
         body = json.dumps({
             "model": os.environ.get("GPUWARDEN_MODEL"),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
@@ -32,6 +39,31 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.dumps({"method": self.command, "path": self.path, "body": self.rfile.read(length).decode(),
+                           "headers": {name.lower(): value for name, value in self.headers.items()}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _stream(self) -> None:
+        """``words`` chunks a tenth of a second apart (chunked transfer encoding)."""
+        query = dict(part.partition("=")[::2] for part in self.path.partition("?")[2].split("&") if part)
+        words = min(int(query.get("words", "5")) if query.get("words", "").isdigit() else 5, 1000)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for number in range(words):
+            chunk = f"word{number} ".encode()
+            self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            self.wfile.flush()
+            time.sleep(0.1)
+        self.wfile.write(b"0\r\n\r\n")
 
     def log_message(self, format: str, *args: object) -> None:
         return

@@ -39,7 +39,7 @@ from gpuwarden.errors import (
 )
 from gpuwarden.people import AuditAction, AuditEntry, AuditResult, AuthMode
 from gpuwarden.probe.shared import Freshness
-from gpuwarden.web import api, limits, login, metrics, pages
+from gpuwarden.web import api, limits, login, metrics, pages, proxy
 from gpuwarden.web.auth import SECRET_FILE, Authenticator, CookieSigner, client_address, load_secret, session_id
 from gpuwarden.web.events import EventHub
 from gpuwarden.web.guard import CrossSiteHook, RequestGuard, allowed_host_names, is_loopback, this_machine_names
@@ -127,6 +127,7 @@ def create_app(controller: Controller, *, monitor: bool = True) -> FastAPI:
                 watcher.stop()
             if settings.stop_models_on_exit:
                 controller.stop_all()
+            await proxy.close_proxy_client(app.state)
             controller.store.close()  # reopened by whoever uses the store next
 
     app = FastAPIOffline(  # /docs and /redoc from files installed with gpuwarden: no CDN, works offline
@@ -151,7 +152,7 @@ def create_app(controller: Controller, *, monitor: bool = True) -> FastAPI:
     # Outermost first: the Host and cross-site checks, then who is asking, then the body's size,
     # then the polled GETs answered before the router.
     app.add_middleware(HotPaths, endpoints={"/api/gpus": api.gpus, "/dashboard/refresh": pages.refresh})
-    app.add_middleware(limits.BodyLimit)
+    app.add_middleware(limits.BodyLimit, larger=((proxy.PROXY_PREFIX, proxy.MAX_PROXIED_BODY_BYTES),))
     app.add_middleware(Authenticator, accounts=accounts, signer=signer)
     interfaces = this_machine_names() if settings.host in ("0.0.0.0", "::") else ()  # noqa: S104
     app.add_middleware(RequestGuard, allowed_hosts=allowed_host_names(settings.host, settings.allowed_hosts,
@@ -161,6 +162,7 @@ def create_app(controller: Controller, *, monitor: bool = True) -> FastAPI:
     app.include_router(api.metrics_router)
     app.include_router(login.router)
     app.include_router(pages.router)
+    app.include_router(proxy.router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     return app
 

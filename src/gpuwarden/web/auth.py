@@ -24,14 +24,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gpuwarden.accounts import Accounts
 from gpuwarden.errors import NotAuthenticated
-from gpuwarden.people import Actor, AuditAction, AuditEntry, AuditResult, AuthMode, Channel
+from gpuwarden.people import TOKEN_PREFIX, Actor, AuditAction, AuditEntry, AuditResult, AuthMode, Channel
 from gpuwarden.web.guard import SAFE_METHODS
 
 SESSION_COOKIE = "gpuwarden_session"
 SECRET_FILE = "session-secret"  # noqa: S105 - the file's name
 ASSET_PATH_PREFIXES = ("/static/", "/vendor/", "/favicon.ico")  # served to anyone, no lookup
 # Asked for by programs (a scraper, EventSource, the API), not people: 401, never a redirect to a page.
-MACHINE_PATH_PREFIXES = ("/api/", "/events", "/metrics")
+MODEL_PROXY_PREFIX = "/models/"
+MACHINE_PATH_PREFIXES = ("/api/", "/events", "/metrics", MODEL_PROXY_PREFIX)
 PUBLIC_PATH_PREFIXES = ("/login", *ASSET_PATH_PREFIXES)
 
 
@@ -94,6 +95,9 @@ class Authenticator:
         request = Request(scope)
         client = client_address(scope)
         authorization = request.headers.get("authorization")
+        if authorization is not None and scope["path"].startswith(MODEL_PROXY_PREFIX) and not is_gpuwarden_token(
+                authorization):
+            authorization = None  # the model's own API key, passed on to it: not gpuwarden's business
         actor: Actor | None = None
         if authorization is not None:
             scheme, _, token = authorization.partition(" ")
@@ -134,6 +138,12 @@ class Authenticator:
                 headers["HX-Redirect"] = "/login"  # htmx follows it: the dashboard goes to the login page
             response = JSONResponse({"detail": detail}, status_code=401, headers=headers)
         await response(scope, receive, send)
+
+
+def is_gpuwarden_token(authorization: str) -> bool:
+    """Does this ``Authorization`` header carry a gpuwarden API token (not some other service's key)?"""
+    scheme, _, token = authorization.strip().partition(" ")
+    return scheme.lower() == "bearer" and token.strip().startswith(TOKEN_PREFIX)
 
 
 def session_id(request: Request, signer: CookieSigner) -> str | None:

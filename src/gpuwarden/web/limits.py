@@ -18,18 +18,21 @@ class BodyLimit:
     """ASGI middleware: 413 for a body whose Content-Length (or actual length, when chunked) is
     above ``max_bytes``. A declared length is checked before a byte is read."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES, larger: tuple[tuple[str, int], ...] = ()) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.default_max_bytes = max_bytes
+        self.larger = larger  # (path prefix, limit): the model proxy's requests may be larger
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = scope.get("path", "")
+        max_bytes = next((limit for prefix, limit in self.larger if path.startswith(prefix)), self.default_max_bytes)
         headers = dict(scope.get("headers") or ())
         declared = headers.get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await _too_large(send, self.max_bytes)
+        if declared is not None and (not declared.isdigit() or int(declared) > max_bytes):
+            await _too_large(send, max_bytes)
             return
         if declared is None and b"transfer-encoding" not in headers:  # no body at all: nothing to count
             await self.app(scope, receive, send)
@@ -44,10 +47,10 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:  # answer 413 now; the app sees a client that left
+                if received > max_bytes:  # answer 413 now; the app sees a client that left
                     refused = True
                     if not started:
-                        await _too_large(send, self.max_bytes)
+                        await _too_large(send, max_bytes)
                     return {"type": "http.disconnect"}
             return message
 
