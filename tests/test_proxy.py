@@ -91,8 +91,13 @@ def test_requests_reach_the_model_without_gpuwarden_s_credentials(served: tuple[
         prompt = "x" * 100_000  # above the API's 64 KiB: a model's requests may be larger
         echoed = http.post("/models/echo/echo?stream=false", content=prompt,
                            headers={"Authorization": "Bearer sk-the-model-s-own-key",
-                                    "Cookie": "gpuwarden_session=secret; theme=dark"})
+                                    "Cookie": "gpuwarden_session=secret; theme=dark",
+                                    "X-Echo-Set-Cookie": "gpuwarden_session=tossed; Path=/",
+                                    "X-Echo-Content-Security-Policy": "default-src *"})
     assert echoed.status_code == 200, echoed.text
+    assert "set-cookie" not in echoed.headers  # a model cannot set cookies on gpuwarden's origin
+    assert echoed.headers.get_list("content-security-policy") == [
+        "sandbox allow-scripts allow-forms allow-popups allow-downloads; frame-ancestors 'none'"]
     seen = echoed.json()
     assert (seen["method"], seen["path"], len(seen["body"])) == ("POST", "/echo?stream=false", 100_000)
     assert seen["headers"]["authorization"] == "Bearer sk-the-model-s-own-key"  # not gpuwarden's: passed on

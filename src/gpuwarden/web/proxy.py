@@ -5,8 +5,10 @@ between loads.
 Who may ask is gpuwarden's business (the sign-in checks and the cross-site guard run first); what the
 model sees is the request less gpuwarden's own credentials: a gpuwarden API token or session cookie
 never reaches a model process. An ``Authorization`` header that is not a gpuwarden token (a model's
-own API key) goes through untouched. A model that is not running answers 503 with its state. Every
-request counts as the model's activity, so a model in use is never unloaded as idle.
+own API key) goes through untouched. What the model answers can set no cookie and runs sandboxed
+(an origin of its own), so that a page a model serves cannot act as the visitor on the dashboard. A
+model that is not running answers 503 with its state. Every request counts as the model's activity,
+so a model in use is never unloaded as idle.
 """
 
 from __future__ import annotations
@@ -30,7 +32,12 @@ METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]
 # passed on with the body streamed as it came (many model servers read no chunked request body).
 NOT_FORWARDED = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
                            "trailer", "transfer-encoding", "upgrade", "host"})
-NOT_RETURNED = NOT_FORWARDED | {"date", "server"}
+# A model's answer comes from gpuwarden's own origin, beside the dashboard: it may set no cookie (its
+# Set-Cookie could replace a gpuwarden session) and runs sandboxed, as an origin of its own, so that no
+# page a model serves can act with the visitor's gpuwarden session.
+NOT_RETURNED = NOT_FORWARDED | {"date", "server", "set-cookie", "content-security-policy", "x-frame-options"}
+SANDBOX = (b"content-security-policy", b"sandbox allow-scripts allow-forms allow-popups allow-downloads;"
+                                       b" frame-ancestors 'none'")
 
 router = APIRouter(include_in_schema=False)
 
@@ -96,6 +103,7 @@ async def proxy(request: Request, name: str, path: str, controller: ControllerDe
                             status_code=502)
     response = StreamingResponse(upstream.aiter_raw(), status_code=upstream.status_code,
                                  background=BackgroundTask(upstream.aclose))
-    response.raw_headers = [(key.encode("latin-1"), value.encode("latin-1"))
-                            for key, value in upstream.headers.multi_items() if key.lower() not in NOT_RETURNED]
+    response.raw_headers = [*((key.encode("latin-1"), value.encode("latin-1"))
+                              for key, value in upstream.headers.multi_items() if key.lower() not in NOT_RETURNED),
+                            SANDBOX]
     return response
