@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from gpuwarden.accounts import build_accounts
+from gpuwarden.config import ModelConfig
 from gpuwarden.controller import Controller
 from gpuwarden.people import Actor, AuditAction, Channel
 from gpuwarden.probe.mock import MockSource
@@ -64,9 +65,9 @@ def running(rig: IdleRig, name: str, gpu: int) -> None:
 def test_an_idle_model_is_marked_then_unloaded_and_the_audit_says_why(tmp_path: Path) -> None:
     rig = IdleRig(tmp_path / "state")
     running(rig, "lazy", 0)
-    started = rig.view("lazy").started_at
+    seen_running = rig.clock.now
     rig.minutes_pass(20)
-    assert rig.view("lazy").idle_since == started  # idle from its own start, not the GPU's
+    assert rig.view("lazy").idle_since == seen_running  # idle from when it ran, not from the GPU's last work
     assert rig.controller.unload_idle() == []  # 20 of its 30 minutes
     rig.minutes_pass(10)
     assert rig.controller.unload_idle() == ["lazy"]
@@ -127,13 +128,34 @@ def test_the_dashboard_marks_a_model_idle_past_the_notice(tmp_path: Path) -> Non
     assert "idle-mark" not in fragment()  # at work again
 
 
-def test_a_request_through_the_proxy_restarts_the_count(tmp_path: Path) -> None:
+def test_a_request_through_the_proxy_is_work_while_it_runs(tmp_path: Path) -> None:
     rig = IdleRig(tmp_path / "state")
     running(rig, "lazy", 0)
     rig.minutes_pass(20)
-    rig.controller.note_activity("lazy")  # someone asked it something through /models/lazy/
+    rig.controller.requests.started("lazy", rig.clock.now)  # a long answer streams through /models/lazy/
+    rig.minutes_pass(60)
+    assert rig.controller.unload_idle() == [] and rig.view("lazy").idle_since is None  # busy while it streams
+    rig.controller.requests.ended("lazy", rig.clock.now)
+    ended = rig.clock.now
     rig.minutes_pass(25)
-    assert rig.controller.unload_idle() == []
-    assert rig.view("lazy").idle_since == rig.controller.last_request_at("lazy")
+    assert rig.controller.unload_idle() == [] and rig.view("lazy").idle_since == ended
     rig.minutes_pass(5)
     assert rig.controller.unload_idle() == ["lazy"]
+
+
+def test_a_slow_start_is_not_idle_time(tmp_path: Path) -> None:
+    """Loading weights keeps a GPU at 0 % for minutes: the count starts when the model runs."""
+    rig = IdleRig(tmp_path / "state")
+    settings_model = {**MODELS[0], "name": "slow", "startup_grace_seconds": 2700,
+                      "startup_timeout_seconds": 3600}  # "starting" for 45 minutes
+    rig.settings = rig.settings.model_copy(update={"models": (*rig.settings.models, ModelConfig(**settings_model))})
+    rig.controller = rig.new_controller()
+    rig.controller.load("slow", Selection.gpus(0), actor=ALICE)
+    rig.minutes_pass(40)
+    assert rig.state("slow") is ModelState.STARTING
+    rig.clock.advance(305)
+    rig.controller.reconcile()
+    assert rig.state("slow") is ModelState.RUNNING
+    assert rig.controller.unload_idle() == []  # not 40 idle minutes: it has only just begun to run
+    rig.minutes_pass(30)
+    assert rig.controller.unload_idle() == ["slow"]

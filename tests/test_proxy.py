@@ -14,12 +14,14 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from starlette.requests import Request
 
 from gpuwarden.accounts import build_accounts
 from gpuwarden.controller import Controller, build_controller
 from gpuwarden.people import Actor, Channel
 from gpuwarden.records import parse_selection
 from gpuwarden.web.app import create_app
+from gpuwarden.web.proxy import forwarded_headers, request_body, upstream_url
 from tests.conftest import FakeSmi, make_settings, wait_for
 
 ECHO = {"name": "echo", "command": [sys.executable, "-m", "gpuwarden.demo.model_server", "--port", "{port}",
@@ -46,7 +48,7 @@ def served(request: pytest.FixtureRequest, fake_smi: FakeSmi, tmp_path: Path) ->
     controller = build_controller(settings)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(controller, monitor=False), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+                                           log_level="warning", proxy_headers=False))  # as `serve` runs it
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     assert wait_for(lambda: server.started, 30)
@@ -92,20 +94,22 @@ def test_requests_reach_the_model_without_gpuwarden_s_credentials(served: tuple[
         echoed = http.post("/models/echo/echo?stream=false", content=prompt,
                            headers={"Authorization": "Bearer sk-the-model-s-own-key",
                                     "Cookie": "gpuwarden_session=secret; theme=dark",
+                                    "X-Forwarded-For": "10.6.6.6",
                                     "X-Echo-Set-Cookie": "gpuwarden_session=tossed; Path=/",
                                     "X-Echo-Content-Security-Policy": "default-src *"})
     assert echoed.status_code == 200, echoed.text
     assert "set-cookie" not in echoed.headers  # a model cannot set cookies on gpuwarden's origin
     assert echoed.headers.get_list("content-security-policy") == [
-        "sandbox allow-scripts allow-forms allow-popups allow-downloads; frame-ancestors 'none'"]
+        "sandbox allow-scripts allow-downloads; frame-ancestors 'none'"]
     seen = echoed.json()
     assert (seen["method"], seen["path"], len(seen["body"])) == ("POST", "/echo?stream=false", 100_000)
     assert seen["headers"]["authorization"] == "Bearer sk-the-model-s-own-key"  # not gpuwarden's: passed on
-    assert seen["headers"]["cookie"] == "theme=dark"  # gpuwarden's session never reaches a model
+    assert "cookie" not in seen["headers"]  # no cookie reaches a model: gpuwarden's, or other apps' on this host
     assert seen["headers"]["x-forwarded-prefix"] == "/models/echo"
+    assert seen["headers"]["x-forwarded-for"] == "127.0.0.1"  # gpuwarden's own, not the client's claim
     assert seen["headers"]["host"].startswith("127.0.0.1:")
-    last = controller.last_request_at("echo")
-    assert last is not None and last >= before  # a request is activity (idle counting starts anew)
+    last = controller.requests.last("echo")
+    assert last is not None and before <= last and not controller.requests.serving("echo")  # ended with its answer
 
 
 def test_a_streamed_answer_is_passed_on_as_it_comes(served: tuple[str, Controller]) -> None:
@@ -135,3 +139,17 @@ def test_with_accounts_a_gpuwarden_token_lets_one_in_and_stays_with_gpuwarden(se
         echoed = http.post("/models/echo/echo", content="hi", headers={"Authorization": f"Bearer {token}"})
     assert echoed.status_code == 200, echoed.text
     assert "authorization" not in echoed.json()["headers"]  # the token never reaches the model
+
+
+def test_the_model_gets_the_path_as_sent_and_no_header_the_proxy_made_up() -> None:
+    scope = {"type": "http", "method": "GET", "scheme": "http", "path": "/models/m/a?b#c/d",
+             "raw_path": b"/models/m/a%3Fb%23c%2Fd", "query_string": b"", "client": ("127.0.0.1", 5000),
+             "headers": [(b"host", b"127.0.0.1:8000"), (b"forwarded", b"for=10.6.6.6"), (b"x-real-ip", b"10.6.6.6")]}
+    request = Request(scope)
+    assert str(upstream_url(request, "m", 9000)) == "http://127.0.0.1:9000/a%3Fb%23c%2Fd"  # no stray "?"
+    scope_with_query = {**scope, "raw_path": b"/models/m/v1/x", "query_string": b"q=1&r=%20"}
+    assert str(upstream_url(Request(scope_with_query), "m", 9000)) == "http://127.0.0.1:9000/v1/x?q=1&r=%20"
+    headers = dict(forwarded_headers(request, "m"))
+    assert headers["accept-encoding"] == "identity"  # never a compressed answer the client did not ask for
+    assert "forwarded" not in headers and "x-real-ip" not in headers and "user-agent" not in headers
+    assert request_body(request) is None  # no length, not chunked: no body, whatever the method

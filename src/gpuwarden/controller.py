@@ -38,6 +38,7 @@ from gpuwarden.probe.base import GpuSource, utc_now
 from gpuwarden.probe.shared import FAILURE_GAP_SECONDS, Freshness, SharedSource
 from gpuwarden.process import ProcessHost
 from gpuwarden.records import ModelState, ModelView, PlacementRecord, PlacementView, Selection, Snapshot
+from gpuwarden.requests import RequestLedger
 from gpuwarden.runtime import RuntimeSettings
 from gpuwarden.store import STATE_DATABASE, Store, StoreError
 from gpuwarden.supervision import Supervision
@@ -62,7 +63,8 @@ class Controller:
         self._runtime_lock = threading.Lock()
         self._load_lock = threading.Lock()
         self.changes = ChangeSignal()
-        self._requested_at: dict[str, datetime] = {}  # model -> its last request through gpuwarden's proxy
+        self._requests = RequestLedger()  # what the model proxy sends the models: their activity
+        self._running_seen: dict[int, datetime] = {}  # placement id -> when this process first saw it running
         self._store_generation = -1
         self._supervision = Supervision(settings, store, processes)
         self._load_runtime_settings()
@@ -160,17 +162,24 @@ class Controller:
                 latest = tx.latest_placements()
         except StoreError as error:
             raise StateUnavailable(str(error)) from None
-        now, activity, requested = self.clock(), self.gpus.activity, dict(self._requested_at)
+        now, activity = self.clock(), self.gpus.activity
         return [rules.model_view(spec, record, now, self._model_pid(record),
-                                 rules.idle_since(spec, record, activity, requested.get(spec.name)))
+                                 None if self._requests.serving(spec.name) else rules.idle_since(
+                                     spec, record, activity, self._running_since(record, now),
+                                     self._requests.last(spec.name)))
                 for spec, record in ((spec, latest.get(spec.name)) for spec in self.settings.models)]
 
-    def note_activity(self, name: str) -> None:
-        """A request reached the model (through the proxy): it is in use, whatever its GPUs show."""
-        self._requested_at[name] = self.clock()
+    def _running_since(self, record: PlacementRecord | None, now: datetime) -> datetime | None:
+        """When this process first saw the placement running (its start-up, loading weights at 0 %
+        utilization, is never idle time; after a restart, the count starts anew)."""
+        if record is None or record.state is not ModelState.RUNNING:
+            return None
+        return self._running_seen.setdefault(record.id, now)
 
-    def last_request_at(self, name: str) -> datetime | None:
-        return self._requested_at.get(name)
+    @property
+    def requests(self) -> RequestLedger:
+        """The model proxy's requests to each model, in flight and last ended (a model's activity)."""
+        return self._requests
 
     def _model_pid(self, record: PlacementRecord | None) -> int | None:
         if record is None or not record.active:
@@ -251,14 +260,18 @@ class Controller:
     def unload_idle(self) -> list[str]:
         """Unload every model whose ``idle_unload_minutes`` passed with its GPUs idle (the server's
         monitor calls this); the audit trail says why. The names unloaded."""
-        now, unloaded = self.clock(), []
-        for view in self.models():
-            spec = self.settings.model(view.name)
-            reason = rules.idle_reason(spec, view, now) if spec is not None else None
+        unloaded: list[str] = []
+        if not any(spec.idle_unload_minutes for spec in self.settings.models):
+            return unloaded
+        for name in [view.name for view in self.models() if view.idle_since is not None]:
+            # decided anew for each: an unload before it took seconds, and a request may have come
+            view = next((view for view in self.models() if view.name == name), None)
+            spec = self.settings.model(name)
+            reason = rules.idle_reason(spec, view, self.clock()) if spec is not None and view is not None else None
             if reason is not None:
                 with contextlib.suppress(NotLoaded):  # someone unloaded it meanwhile
-                    self.unload(view.name, reason=reason)
-                    unloaded.append(view.name)
+                    self.unload(name, reason=reason)
+                    unloaded.append(name)
         return unloaded
 
     def unload(self, name: str, *, actor: Actor = SYSTEM, reason: str | None = None) -> ModelView:

@@ -114,17 +114,17 @@ def orphan_stopped(record: PlacementRecord, model_pid: int) -> Outcome:
 
 
 def idle_since(spec: ModelConfig, record: PlacementRecord | None, activity: Activity,
-               requested_at: datetime | None = None) -> datetime | None:
-    """Since when a running model's GPUs have all stayed at or below its ``idle_utilization_percent``
-    (never before it started, nor before its last request through the proxy); None if it is not
-    running on GPUs or a GPU is busy or its activity unknown."""
-    if record is None or record.state is not ModelState.RUNNING or not record.gpu_indexes:
+               running_since: datetime | None, requested_at: datetime | None = None) -> datetime | None:
+    """Since when a running model's GPUs have all stayed at or below its ``idle_utilization_percent``:
+    never before it was seen running (its start-up is not idle time), nor before its last request
+    through the proxy. None if it is not running on GPUs, a GPU is busy or its activity unknown."""
+    if record is None or record.state is not ModelState.RUNNING or not record.gpu_indexes or running_since is None:
         return None
     since = [activity.idle_since(index, spec.idle_utilization_percent) for index in record.gpu_indexes]
     known = [at for at in since if at is not None]
     if len(known) != len(since):
         return None
-    return max([record.started_at, *known, *([requested_at] if requested_at else [])])
+    return max([running_since, *known, *([requested_at] if requested_at else [])])
 
 
 def idle_reason(spec: ModelConfig, view: ModelView, now: datetime) -> str | None:

@@ -4,8 +4,8 @@
 It serves ``GET /health`` (200), ``GET /`` (which GPUs it was given), ``GET /stream?words=N`` (N
 words, one chunk each, as a language model streams its answer) and ``POST /echo`` (the request's body,
 method, path and headers back; ``X-Echo-Set-Cookie`` and ``X-Echo-Content-Security-Policy`` come back
-as response headers, to test what a proxy passes on) on ``--port``, logs a line now and then, and exits cleanly on SIGTERM /
-Ctrl+C. It loads nothing and downloads nothing.
+as response headers, to test what a proxy passes on) on ``--port``, logs a line now and then, and
+exits cleanly on SIGTERM / Ctrl+C. It loads nothing and downloads nothing.
 """
 
 from __future__ import annotations

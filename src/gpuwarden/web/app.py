@@ -96,7 +96,6 @@ class Monitor:
         while not self._stop.wait(self.interval_seconds):
             try:
                 self.controller.reconcile()
-                self.controller.unload_idle()
                 if time.monotonic() - self._last_refresh >= self.controller.runtime.refresh_interval_seconds:
                     self._last_refresh = time.monotonic()
                     self.controller.snapshot(Freshness.NOW)
@@ -107,6 +106,10 @@ class Monitor:
                     self.accounts.prune()
             except Exception as error:  # noqa: BLE001 - the monitor must outlive any one failure
                 print(f"gpuwarden: monitor: {error!r}", flush=True)
+            try:  # after the pass's reading; its own failure stops nothing else
+                self.controller.unload_idle()
+            except Exception as error:  # noqa: BLE001
+                print(f"gpuwarden: monitor: idle models: {error!r}", flush=True)
 
 
 def create_app(controller: Controller, *, monitor: bool = True) -> FastAPI:
