@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import stat
 import statistics
 import subprocess
@@ -20,16 +19,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bench_stack import free_port  # beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_SMI = ROOT / "tests" / "fakes" / "fake_nvidia_smi.py"
 POLLERS = 50
 SAMPLES = 200
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def get(url: str, timeout: float = 60.0) -> float:

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import FAKE_MODELS, UNDER_WINE, FakeSmi, wait_for
+from tests.conftest import FAKE_MODELS, UNDER_WINE, FakeSmi, free_port, wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -37,12 +36,6 @@ if sync_playwright is None or not Path(CHROMIUM).exists():
     if REQUIRED:
         raise RuntimeError(f"browser tests required but chromium ({CHROMIUM}) or playwright is missing")
     pytest.skip("chromium or playwright not installed", allow_module_level=True)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_until_serving(url: str, log: Path, seconds: float = 30) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from gpuwarden.config import default_state_dir, load_settings
 from gpuwarden.demo import demo_overrides
 from gpuwarden.probe.demo_registry import registry_dir
 from gpuwarden.probe.users import os_account
-from tests.conftest import REPO, UNDER_WINE
+from tests.conftest import REPO, UNDER_WINE, free_port
 
 
 @pytest.fixture
@@ -47,12 +46,6 @@ def test_demo_settings_validate(user_dirs: dict[str, str], tmp_path: Path) -> No
     assert all(str(registry_dir(settings.state_dir)) in m.command for m in settings.models)
     assert settings.state_dir.name == "demo"
     assert settings.state_dir == default_state_dir() / "demo" == tmp_path / "state" / "gpuwarden" / "demo"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def call(port: int, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, str]:

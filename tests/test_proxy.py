@@ -4,7 +4,6 @@ uvicorn server in this process and a real model (the demo model server) launched
 
 from __future__ import annotations
 
-import socket
 import sys
 import threading
 import time
@@ -22,7 +21,7 @@ from gpuwarden.people import Actor, Channel
 from gpuwarden.records import parse_selection
 from gpuwarden.web.app import create_app
 from gpuwarden.web.proxy import forwarded_headers, request_body, upstream_url
-from tests.conftest import FakeSmi, make_settings, wait_for
+from tests.conftest import FakeSmi, free_port, make_settings, wait_for
 
 ECHO = {"name": "echo", "command": [sys.executable, "-m", "gpuwarden.demo.model_server", "--port", "{port}",
                                     "--startup-seconds", "0"],
@@ -30,13 +29,6 @@ ECHO = {"name": "echo", "command": [sys.executable, "-m", "gpuwarden.demo.model_
 OPERATOR = Actor("operator", admin=True, channel=Channel.CLI, client="cli")
 PORTLESS = {"name": "portless", "command": [sys.executable, "-m", "gpuwarden.demo.model_server"],
             "startup_grace_seconds": 0.2}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(params=["none"])
