@@ -13,7 +13,6 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
@@ -75,8 +74,10 @@ def page(browser: Browser) -> Iterator[Page]:  # noqa: F811 - the shared fixture
     context.close()
 
 
-def colour(page: Page, selector: str) -> Any:
-    return page.locator(selector).first.evaluate("element => getComputedStyle(element).backgroundColor")
+def expect_colour(page: Page, selector: str, colour: str) -> None:
+    """The element's background is ``colour``: asked again until it is, since a pushed refresh may swap
+    the element out while it is read (a detached element has no computed style)."""
+    expect(page.locator(selector).first).to_have_css("background-color", colour)
 
 
 def test_the_demo_machine_in_the_dashboard(demo: Demo, page: Page) -> None:
@@ -85,10 +86,10 @@ def test_the_demo_machine_in_the_dashboard(demo: Demo, page: Page) -> None:
     expect(busy).to_have_attribute("data-state", "occupied_by_others")
     expect(busy.locator("tr.foreign td").nth(2)).to_have_text("alice")  # someone else's job: PID, name, user
     assert re.fullmatch(r"\d+", busy.locator("tr.foreign td").first.inner_text())
-    assert colour(page, "li.gpu[data-gpu='1'] .part-others") == BUSY_RED
+    expect_colour(page, "li.gpu[data-gpu='1'] .part-others", BUSY_RED)
     expect(desktop).to_have_attribute("data-state", "idle")
     expect(desktop.locator(".desktop-note")).to_contain_text("desktop: ")
-    assert colour(page, "li.gpu[data-gpu='2'] .part-desktop") == DESKTOP_GREY
+    expect_colour(page, "li.gpu[data-gpu='2'] .part-desktop", DESKTOP_GREY)
     expect(page.locator("[data-model='llama-7b'] button.gpu-btn[data-gpu='2']")).to_be_enabled()  # loadable
     expect(page.locator("[data-model='llama-7b'] button.gpu-btn[data-gpu='1']")).to_be_disabled()
 
@@ -100,7 +101,7 @@ def test_a_load_toasts_shows_its_memory_and_its_uptime_ticks(demo: Demo, page: P
     card = page.locator("li.gpu[data-gpu='0']")
     expect(card).to_have_attribute("data-state", "model_loaded", timeout=20_000)
     expect(card.locator(".memtext")).to_contain_text("6913 / 24564 MiB used", timeout=20_000)
-    assert colour(page, "li.gpu[data-gpu='0'] .part-model") == MODEL_AMBER
+    expect_colour(page, "li.gpu[data-gpu='0'] .part-model", MODEL_AMBER)
     expect(card.locator(".telemetry")).to_contain_text("% util")
     uptime = page.locator("[data-model='llama-7b'] .uptime")
     expect(uptime).to_have_text(re.compile(r"\d+s"), timeout=20_000)
