@@ -159,3 +159,15 @@ def test_a_slow_start_is_not_idle_time(tmp_path: Path) -> None:
     assert rig.controller.unload_idle() == []  # not 40 idle minutes: it has only just begun to run
     rig.minutes_pass(30)
     assert rig.controller.unload_idle() == ["slow"]
+
+
+def test_idle_time_runs_to_the_newest_reading_not_the_clock(tmp_path: Path) -> None:
+    """A machine that slept for an hour has read nothing meanwhile: it reads the GPUs again first."""
+    rig = IdleRig(tmp_path / "state")
+    running(rig, "lazy", 0)
+    rig.minutes_pass(10)
+    rig.clock.advance(3600)  # asleep: no reading
+    assert rig.controller.unload_idle() == [] and rig.state("lazy") is ModelState.RUNNING
+    rig.utilization(55, 0, 0)  # awake, and the model is at work
+    rig.minutes_pass(5)
+    assert rig.controller.unload_idle() == []

@@ -266,8 +266,11 @@ class Controller:
         for name in [view.name for view in self.models() if view.idle_since is not None]:
             # decided anew for each: an unload before it took seconds, and a request may have come
             view = next((view for view in self.models() if view.name == name), None)
-            spec = self.settings.model(name)
-            reason = rules.idle_reason(spec, view, self.clock()) if spec is not None and view is not None else None
+            spec, reading = self.settings.model(name), self.gpus.latest
+            # idle up to the newest reading, not the clock: after a stall (a machine asleep) the GPUs
+            # are read again before anything is called idle
+            reason = (rules.idle_reason(spec, view, reading.taken_at)
+                      if spec is not None and view is not None and reading is not None else None)
             if reason is not None:
                 with contextlib.suppress(NotLoaded):  # someone unloaded it meanwhile
                     self.unload(name, reason=reason)
