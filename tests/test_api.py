@@ -245,7 +245,8 @@ def test_every_domain_error_has_its_http_status() -> None:
 
     expected = {"ControllerError": 500, "UnknownModel": 404, "BadSelection": 422, "LoadRefused": 409,
                 "NotLoaded": 409, "StateUnavailable": 503, "LaunchFailed": 500, "InvalidSetting": 422,
-                "NotAuthenticated": 401, "NotPermitted": 403, "TooManyAttempts": 429, "AccountProblem": 422}
+                "NotAuthenticated": 401, "NotPermitted": 403, "TooManyAttempts": 429, "AccountProblem": 422,
+                "GpusBusy": 409, "UnknownWaitRequest": 404, "NotWaiting": 409}
     kinds = {name: kind for name, kind in vars(errors).items()
              if isinstance(kind, type) and issubclass(kind, errors.ControllerError)}
     assert set(kinds) == set(expected)  # a new domain error must be given its status here

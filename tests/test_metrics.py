@@ -45,6 +45,9 @@ async def test_a_scrape_after_a_load_and_a_refusal(client: httpx.AsyncClient, fa
     assert value(samples, "gpuwarden_refusals_total", action="load") == 1.0
     assert value(samples, "gpuwarden_probes_total") >= 2 and value(samples, "gpuwarden_probe_errors_total") == 0
     assert value(samples, "gpuwarden_gpus_readable") == 1.0
+    assert not [name for name, _ in samples if name == "gpuwarden_queue_waiting"]
+    assert (await client.post("/api/models/beta/load", json={"gpus": "1", "wait": True})).status_code == 202
+    assert value(await scrape(client), "gpuwarden_queue_waiting", gpu="1") == 1.0
     assert (await client.post("/api/models/alpha/unload")).status_code == 200
 
 

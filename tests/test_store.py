@@ -134,7 +134,7 @@ def test_a_version_1_database_is_upgraded_in_place(tmp_path: Path, recorded_vers
     with Store(path).read() as tx:
         (record,) = tx.latest_placements().values()
         assert (record.model_name, record.owner) == ("alpha", "alice (127.0.0.1)")  # kept, as an owner now
-        assert tx.users() == [] and tx.audit(10) == []
+        assert tx.users() == [] and tx.audit(10) == [] and tx.waiting_entries() == []
     with closing(sqlite3.connect(path)) as db:
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
     with Store(path).read() as tx:  # opening it again changes nothing

@@ -102,3 +102,24 @@ def test_sparkline_points_span_the_hour_and_scale_to_the_maximum() -> None:
     assert sparkline(samples, "utilization_percent", 100) == "60.0,25.2 120.0,2.8"
     assert sparkline(samples[:1], "memory_used_mib", 100) is None
     assert sparkline(samples, "memory_used_mib", None) is None
+
+
+def test_a_busy_gpu_offers_waiting_and_an_idle_one_promised_to_the_queue_is_disabled() -> None:
+    from datetime import timedelta
+
+    from gpuwarden.queueing import queue_lines
+    from gpuwarden.waitlist import WaitEntry
+
+    document = status((PlacementView("a", (2,)),))
+    waits = [WaitEntry(7, "c", (0, 1), "carol", "cli", NOW, NOW + timedelta(hours=1))]
+    lines = queue_lines(waits, document)  # type: ignore[arg-type]
+    assert lines[0].held_by[0] == "idle" and lines[0].held_by[1].startswith("occupied by someone else: 500 MiB")
+    b = buttons_for(view("b"), document, lines)  # type: ignore[arg-type]
+    assert [(x.label, x.disabled, x.wait) for x in b] == [
+        ("GPU 0 (Queued)", True, True), ("GPU 1 (Occupied)", True, True), ("⚡ GPU 2 (a)", True, True),
+        ("GPU 3", False, False)]
+    assert b[0].title.startswith("GPU 0 is promised to the queue: carol waits for it (model c, request 7)")
+    c = buttons_for(view("c"), document, lines)  # type: ignore[arg-type]
+    assert [x.wait for x in c] == [False] * 4  # it waits already
+    a = buttons_for(view("a", "running", (2,)), document, lines)  # type: ignore[arg-type]
+    assert not any(x.wait for x in a)  # a loaded model waits for nothing

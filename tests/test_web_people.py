@@ -172,7 +172,8 @@ async def test_the_dashboard_shows_owners_and_what_the_viewer_may_do(
 
 STATE_CHANGING = [("POST", "/api/models/beta/load"), ("POST", "/api/models/alpha/unload"), ("PUT", "/api/settings"),
                   ("POST", "/dashboard/models/beta/load"), ("POST", "/dashboard/models/alpha/unload"),
-                  ("POST", "/dashboard/settings"), ("POST", "/logout"), ("POST", "/login")]
+                  ("POST", "/dashboard/settings"), ("POST", "/logout"), ("POST", "/login"),
+                  ("DELETE", "/api/queue/1"), ("POST", "/dashboard/queue/1/withdraw")]
 ENCODINGS: dict[str, dict[str, Any]] = {
     "form": {"data": {"gpus": "1", "memory_threshold_mib": "999999", "username": "root", "password": PASSWORD}},
     "text": {"content": b"gpus=1", "headers": {"Content-Type": "text/plain"}},

@@ -149,7 +149,9 @@ class Accounts:
             if user.admin and len(users) > 1 and sum(u.admin for u in users) == 1:
                 raise AccountProblem(f"{name} is the last admin: make another admin first")
             tx.remove_user(name)
-            tx.add_audit(AuditEntry.by(actor, AuditAction.USER_REMOVE, AuditResult.OK, detail=name),
+            withdrawn = tx.withdraw_waits_of(name, at=self.clock(), detail=f"account {name} removed")
+            tx.add_audit(AuditEntry.by(actor, AuditAction.USER_REMOVE, AuditResult.OK,
+                                       detail=f"{name}; {withdrawn} waiting load(s) withdrawn" if withdrawn else name),
                          at=self.clock())
 
     def set_password(self, actor: Actor, name: str, password: str) -> None:

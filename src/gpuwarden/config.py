@@ -179,6 +179,10 @@ class Settings(BaseModel):
     idle_notice_minutes: int = Field(
         default=15, ge=1, le=10_080, description="The dashboard marks a loaded model whose GPUs have been idle"
         " this long (at or below the model's idle_utilization_percent), so hoarded GPUs show.")
+    wait_timeout_minutes: int = Field(
+        default=60, ge=1, le=10_080, description="How long a load waits in the queue for busy GPUs when the"
+        " request names no time (the dashboard's 'Wait for GPU N', load --wait without --timeout, the API's"
+        " wait without wait_timeout_seconds).")
     models: tuple[ModelConfig, ...] = Field(default=(), description="The models users can load ([[models]]).")
     _notes: tuple[str, ...] = PrivateAttr(default=())
 

@@ -24,25 +24,28 @@ from gpuwarden.config import ModelConfig, Settings
 from gpuwarden.desktop import DesktopRule
 from gpuwarden.errors import (
     ControllerError,
-    InvalidSetting,
-    LaunchFailed,
+    GpusBusy,
     NotLoaded,
-    NotPermitted,
+    NotWaiting,
     StateUnavailable,
     UnknownModel,
 )
 from gpuwarden.launch import needs_port, plan_launch
 from gpuwarden.launching import Reservation, launch_reserved
-from gpuwarden.people import Actor, AuditAction, AuditEntry, AuditResult, may_administer, may_unload
+from gpuwarden.people import Actor, AuditAction, AuditEntry, audit_result
 from gpuwarden.probe.base import GpuSource, utc_now
 from gpuwarden.probe.shared import FAILURE_GAP_SECONDS, Freshness, SharedSource
 from gpuwarden.process import ProcessHost
+from gpuwarden.queueing import LoadQueue, QueueLine, owner_actor, queue_lines
 from gpuwarden.records import ModelState, ModelView, PlacementRecord, PlacementView, Selection, Snapshot
 from gpuwarden.requests import RequestLedger
 from gpuwarden.runtime import RuntimeSettings
 from gpuwarden.store import STATE_DATABASE, Store, StoreError
 from gpuwarden.supervision import Supervision
 from gpuwarden.tally import Tally
+from gpuwarden.tuning import Tuning
+from gpuwarden.unloading import Unloader
+from gpuwarden.waitlist import WaitEntry, WaitState, claims
 
 SYSTEM = Actor.system()  # gpuwarden acting on its own (stop_models_on_exit), and tests
 
@@ -57,17 +60,18 @@ class Controller:
         self.store = store
         self.processes = processes
         self.clock = clock
-        self._runtime = RuntimeSettings.from_settings(settings)
         self.desktop = DesktopRule.of(settings.desktop_processes, settings.desktop_memory_limit_mib)
         self.tally = Tally()  # counts since start, for /metrics
-        self._runtime_lock = threading.Lock()
         self._load_lock = threading.Lock()
         self.changes = ChangeSignal()
         self._requests = RequestLedger()  # what the model proxy sends the models: their activity
         self._running_seen: dict[int, datetime] = {}  # placement id -> when this process first saw it running
         self._store_generation = -1
         self._supervision = Supervision(settings, store, processes)
-        self._load_runtime_settings()
+        self._unloader = Unloader(settings, store, processes, self._supervision, clock)
+        self.queue = LoadQueue(settings, store, clock, self.audit)
+        self._tuning = Tuning(settings, store, clock, self.audit)
+        self._tuning.reload()
 
     def _changed(self) -> None:
         """Something users see changed: the web layer pushes it to every dashboard."""
@@ -78,41 +82,11 @@ class Controller:
     @property
     def runtime(self) -> RuntimeSettings:
         """The threshold and refresh interval in force now (one immutable value)."""
-        return self._runtime
-
-    def _load_runtime_settings(self) -> None:
-        """Take the saved settings. Read and swap under the lock, so a value saved meanwhile by
-        :meth:`update_settings` is never replaced by an older read."""
-        with self._runtime_lock:
-            try:
-                with self.store.read() as tx:
-                    saved = tx.settings()
-            except StoreError:
-                return
-            self._runtime = RuntimeSettings.from_settings(self.settings).updated(saved)
+        return self._tuning.current
 
     def update_settings(self, values: Mapping[str, object], actor: Actor = SYSTEM) -> RuntimeSettings:
-        """Change the threshold / interval now and persist them in the state database (admins only,
-        where there are accounts: the threshold decides whose GPU counts as busy)."""
-        if not may_administer(actor, self.settings.auth):
-            self.audit(AuditEntry.by(actor, AuditAction.SETTINGS, AuditResult.REFUSED, detail="admins only"))
-            raise NotPermitted("only an admin can change settings")
-        problems = RuntimeSettings.invalid(values)
-        if problems:
-            raise InvalidSetting("; ".join(problems))
-        with self._runtime_lock:
-            before = self._runtime.to_dict()
-            updated = self._runtime.updated(values)
-            changes = ", ".join(f"{key} {before[key]} -> {value}" for key, value in updated.to_dict().items()
-                                if before[key] != value) or "no change"
-            try:
-                with self.store.exclusive() as tx:
-                    tx.save_settings(values)
-                    tx.add_audit(AuditEntry.by(actor, AuditAction.SETTINGS, AuditResult.OK, detail=changes),
-                                 at=self.clock())
-            except StoreError as error:
-                raise StateUnavailable(str(error)) from None
-            self._runtime = updated
+        """Change the threshold / interval now and persist them (admins only, where there are accounts)."""
+        updated = self._tuning.update(values, actor)
         self._changed()
         return updated
 
@@ -169,6 +143,10 @@ class Controller:
                                      self._requests.last(spec.name)))
                 for spec, record in ((spec, latest.get(spec.name)) for spec in self.settings.models)]
 
+    def model_view(self, name: str) -> ModelView | None:
+        """The view of one configured model (None: not configured)."""
+        return next((view for view in self.models() if view.name == name), None)
+
     def _running_since(self, record: PlacementRecord | None, now: datetime) -> datetime | None:
         """When this process first saw the placement running (its start-up, loading weights at 0 %
         utilization, is never idle time; after a restart, the count starts anew)."""
@@ -198,38 +176,77 @@ class Controller:
 
     def load(self, name: str, selection: Selection | None = None, *, actor: Actor = SYSTEM) -> ModelView:
         """Reserve first, launch second: under the machine-wide lock a new probe, the default GPUs
-        if none were selected, refusal of unsafe GPUs, and a committed reservation of the GPUs; then
-        the launch, and the process recorded. A launched model is never left running unrecorded:
-        whatever fails after the launch stops it again. The model belongs to ``actor``; refusals and
-        failures are audited like the load itself."""
-        reserved = False
+        if none were selected, refusal of unsafe GPUs (and of GPUs promised to the queue), and a
+        committed reservation of the GPUs; then the launch, and the process recorded. A launched
+        model is never left running unrecorded: whatever fails after the launch stops it again. The
+        model belongs to ``actor``; refusals and failures are audited like the load itself."""
         try:
-            spec = self.model_spec(name)
-            self.reconcile()
-            reservation = self._reserve(spec, selection, actor)
-            reserved = True
+            return self._load(name, selection, actor)
+        except ControllerError as error:
+            self._audit_load(name, selection, actor, error)
+            raise
+
+    def load_or_wait(self, name: str, selection: Selection | None, *, actor: Actor = SYSTEM,
+                     wait_seconds: int) -> ModelView | WaitEntry:
+        """Load now if the GPUs are free; if they are busy, join the queue for them (for up to
+        ``wait_seconds``): the load then starts by itself once they are (:meth:`advance_queue`)."""
+        try:
+            rules.check_wait(selection, self.status())
+            return self._load(name, selection, actor)
+        except GpusBusy as busy:
+            refusal = str(busy)
+        except ControllerError as error:
+            self._audit_load(name, selection, actor, error)
+            raise
+        try:
+            assert selection is not None  # check_wait
+            entry = self.queue.join(name, selection, actor, wait_seconds, refusal)
+        except ControllerError as error:
+            self._audit_load(name, selection, actor, error)
+            raise
+        self._changed()
+        return entry
+
+    def _audit_load(self, name: str, selection: Selection | None, actor: Actor, error: ControllerError) -> None:
+        self.audit(AuditEntry.by(actor, AuditAction.LOAD, audit_result(error), model=name[:64],
+                                 gpus=selection.gpu_indexes if selection else None, detail=str(error)))
+
+    def _load(self, name: str, selection: Selection | None, actor: Actor, ticket: WaitEntry | None = None) -> ModelView:
+        spec = self.model_spec(name)
+        self.reconcile()
+        reservation = self._reserve(spec, selection, actor, ticket)
+        try:
             self._launch(reservation)
         except ControllerError as error:
-            self.audit(AuditEntry.by(actor, AuditAction.LOAD, audit_result(error), model=name[:64],
-                                     gpus=selection.gpu_indexes if selection else None, detail=str(error)))
-            if reserved:  # the reservation was given up, or the model marked failed: dashboards show it
-                self._changed()
+            if ticket is not None:  # started from the queue, and failed: it leaves the queue as failed
+                self._audit_load(name, selection, actor, error)
+                with contextlib.suppress(ControllerError):
+                    self.queue.end(ticket, WaitState.FAILED, str(error), from_state=WaitState.STARTED)
             raise
+        finally:  # loaded; or the reservation given up, the model marked failed: dashboards show it
+            self._changed()
         self.tally.loaded(name)
-        self._changed()
-        return next(view for view in self.models() if view.name == name)
+        view = self.model_view(name)
+        assert view is not None
+        return view
 
-    def _reserve(self, spec: ModelConfig, selection: Selection | None, actor: Actor) -> Reservation:
+    def _reserve(self, spec: ModelConfig, selection: Selection | None, actor: Actor,
+                 ticket: WaitEntry | None = None) -> Reservation:
+        """The GPUs reserved for a load (``ticket``: the queued load it starts, if any)."""
         self._refuse_while_unreadable(spec, selection)
         with self._load_lock:
             try:
                 with self.store.exclusive() as tx:
+                    waiting = tx.waiting_entries()
+                    if ticket is not None and all(entry.id != ticket.id for entry in waiting):
+                        raise NotWaiting(f"request {ticket.id} is no longer waiting")  # another process started it
                     active = tx.active_placements()
                     rules.refuse_if_already_loaded(spec.name, active)
+                    promised = claims(waiting, before=ticket.id if ticket else None)
                     document = classify(self.snapshot(Freshness.NEW), self.runtime.memory_threshold_mib,
                                         self.placement_views(active), self.desktop)
-                    chosen = selection or rules.default_selection(spec, document)
-                    uuids = rules.check_selection(chosen, document)
+                    chosen = selection or rules.default_selection(spec, document, promised)
+                    uuids = rules.check_selection(chosen, document, promised)
                     port = self.processes.free_port() if needs_port(spec) else None
                     plan = plan_launch(spec, chosen.gpu_indexes, port=port, base_env=os.environ,
                                        default_cwd=self.settings.state_dir, python=sys.executable)
@@ -238,9 +255,12 @@ class Controller:
                         model_name=spec.name, gpu_indexes=chosen.gpu_indexes, gpu_uuids=uuids, pid=None,
                         process_start_time=None, port=port, started_at=self.clock(), owner=actor.name,
                         log_path=str(log_path))
+                    if ticket is not None:
+                        tx.end_wait(ticket.id, WaitState.STARTED, at=self.clock(), detail=f"placement {placement_id}")
             except StoreError as error:
                 raise StateUnavailable(f"cannot load {spec.name}: {error}") from None
-        return Reservation(placement_id, plan, log_path, actor, chosen.gpu_indexes)
+        note = f"request {ticket.id} from the queue; " if ticket is not None else ""
+        return Reservation(placement_id, plan, log_path, actor, chosen.gpu_indexes, note)
 
     def _refuse_while_unreadable(self, spec: ModelConfig, selection: Selection | None) -> None:
         """A GPU load while the latest reading failed moments ago is refused at once, without
@@ -257,6 +277,34 @@ class Controller:
         launch_reserved(reservation, store=self.store, processes=self.processes, clock=self.clock,
                         unload_timeout_seconds=self.settings.unload_timeout_seconds)
 
+    # ----------------------------------------------------------------- the queue
+
+    def advance_queue(self, *, only: int | None = None) -> bool:
+        """Expire what waited too long, and start each queued load whose GPUs are free and whose
+        turn it is (the server's monitor calls this after each reading; ``load --wait`` for its own
+        request, ``only``). True if the queue changed."""
+        changed = bool(self.queue.expire())
+        changed = self.queue.advance(self.status, self._start_queued, only=only) or changed
+        if changed:
+            self._changed()
+        return changed
+
+    def _start_queued(self, entry: WaitEntry) -> None:
+        self._load(entry.model_name, Selection(entry.gpu_indexes), owner_actor(entry), entry)
+
+    def queue_lines(self, document: StatusDocument | None = None) -> list[QueueLine]:
+        """Every waiting load, its place in line and what holds its GPUs (in ``document``; default:
+        the latest reading)."""
+        return queue_lines(self.queue.waiting(), document or self.status())
+
+    def withdraw(self, entry_id: int, *, actor: Actor = SYSTEM) -> WaitEntry:
+        """Take a load out of the queue (its owner or an admin)."""
+        entry = self.queue.withdraw(entry_id, actor)
+        self._changed()
+        return entry
+
+    # ----------------------------------------------------------------- unload
+
     def unload_idle(self) -> list[str]:
         """Unload every model whose ``idle_unload_minutes`` passed with its GPUs idle (the server's
         monitor calls this); the audit trail says why. The names unloaded."""
@@ -265,7 +313,7 @@ class Controller:
             return unloaded
         for name in [view.name for view in self.models() if view.idle_since is not None]:
             # decided anew for each: an unload before it took seconds, and a request may have come
-            view = next((view for view in self.models() if view.name == name), None)
+            view = self.model_view(name)
             spec, reading = self.settings.model(name), self.gpus.latest
             # idle up to the newest reading, not the clock: after a stall (a machine asleep) the GPUs
             # are read again before anything is called idle
@@ -282,59 +330,16 @@ class Controller:
         owner or an admin may, where there are accounts. A model removed from the configuration
         while it ran can still be unloaded. ``reason``: why gpuwarden unloads it itself (audited)."""
         try:
-            mine = self._begin_unload(name, actor)
+            mine = self._unloader.begin(name, actor)
         except ControllerError as error:
             self.audit(AuditEntry.by(actor, AuditAction.UNLOAD, audit_result(error), model=name[:64],
                                      detail=str(error)))
             raise
         self._changed()
-        for record in mine:
-            self._stop_placement(record)
-        try:
-            with self.store.exclusive() as tx:
-                for record in mine:
-                    exit_record = self.processes.exit_record(record.log_file)
-                    tx.finish_placement(record.id, state=ModelState.STOPPED, ended_at=self.clock(),
-                                        exit_code=exit_record.exit_code if exit_record else None, error=None,
-                                        log_tail=self.processes.log_tail(record.log_file))
-                    detail = f"{reason + '; ' if reason else ''}owner {record.owner or '-'}"
-                    tx.add_audit(AuditEntry.by(actor, AuditAction.UNLOAD, AuditResult.OK, model=name,
-                                               gpus=record.gpu_indexes, detail=detail), at=self.clock())
-        except StoreError as error:
-            raise StateUnavailable(f"model {name} was stopped but its state could not be saved: {error}") from None
+        self._unloader.finish(name, mine, actor, reason)
         self.snapshot(Freshness.NOW)
         self._changed()
-        return next((view for view in self.models() if view.name == name), rules.unconfigured_view(mine[-1]))
-
-    def _begin_unload(self, name: str, actor: Actor) -> list[PlacementRecord]:
-        """Mark the model's placements ``stopping``, if ``actor`` may stop them."""
-        try:
-            with self.store.exclusive() as tx:
-                mine = [p for p in tx.active_placements() if p.model_name == name]
-                if not mine:
-                    self.model_spec(name)
-                    raise NotLoaded(f"model {name} is not loaded")
-                for record in mine:
-                    if not may_unload(actor, record.owner, self.settings.auth):
-                        owner = record.owner or "an unknown user (before accounts existed)"
-                        raise NotPermitted(f"model {name} was loaded by {owner}: only its owner or an admin"
-                                           " can unload it")
-                for record in mine:
-                    tx.set_state(record.id, ModelState.STOPPING)
-        except StoreError as error:
-            raise StateUnavailable(f"cannot unload {name}: {error}") from None
-        return mine
-
-    def _stop_placement(self, record: PlacementRecord) -> None:
-        """Stop all of a placement: its launcher's tree, and what outlived the launcher. A placement
-        whose process was never recorded (a load cut off, or still starting) is found by its log path."""
-        if record.pid and record.process_start_time:
-            launcher: tuple[int, float] | None = (record.pid, record.process_start_time)
-        else:
-            launcher = self.processes.find_launcher(record.log_file) if record.log_file else None
-        if launcher is not None:
-            self.processes.stop(*launcher, self.settings.unload_timeout_seconds, log_path=record.log_file)
-        self._supervision.stop_leftovers(launcher, record)
+        return self.model_view(name) or rules.unconfigured_view(mine[-1])
 
     def stop_all(self) -> None:
         """Unload every loaded model (used when stop_models_on_exit is set)."""
@@ -372,16 +377,11 @@ class Controller:
             # own changes were announced when they were made.
             if self._store_generation == -1 or self.store.changed_by_others(self._store_generation, generation):
                 changed = changed or self._store_generation != -1
-                self._load_runtime_settings()
+                self._tuning.reload()
             self._store_generation = generation
         if changed:
             self._changed()
         return changed
-
-def audit_result(error: ControllerError) -> AuditResult:
-    """Refused (not allowed, not safe, not understood: nothing was tried) or failed (tried)."""
-    return AuditResult.FAILED if isinstance(error, (LaunchFailed, StateUnavailable)) else AuditResult.REFUSED
-
 
 def build_controller(settings: Settings, source: GpuSource | None = None) -> Controller:
     """The factory every entry point uses: source from settings, store and logs under state_dir."""

@@ -22,6 +22,19 @@ class LoadRefused(ControllerError):
     """The load is not safe now (a GPU is busy, the model already runs)."""
 
 
+class GpusBusy(LoadRefused):
+    """The GPUs asked for are busy (someone else's, another model, unreadable, promised to the
+    queue): a load that may wait joins the queue instead."""
+
+
+class UnknownWaitRequest(ControllerError):
+    """No queued load has that id."""
+
+
+class NotWaiting(ControllerError):
+    """The queued load is no longer waiting (it started, expired or was withdrawn)."""
+
+
 class NotLoaded(ControllerError):
     """The model is not loaded, so there is nothing to unload."""
 

@@ -27,6 +27,7 @@ class Reservation:
     log_path: Path
     actor: Actor
     gpu_indexes: tuple[int, ...]
+    note: str = ""  # how the load came about, for the audit trail ("request 3 from the queue; ")
 
 
 def launch_reserved(reservation: Reservation, *, store: Store, processes: ProcessHost,
@@ -53,7 +54,7 @@ def launch_reserved(reservation: Reservation, *, store: Store, processes: Proces
             if attached:
                 tx.add_audit(AuditEntry.by(reservation.actor, AuditAction.LOAD, AuditResult.OK,
                                            model=plan.model_name, gpus=reservation.gpu_indexes,
-                                           detail=f"launcher PID {launched.pid}"), at=clock())
+                                           detail=f"{reservation.note}launcher PID {launched.pid}"), at=clock())
     except StoreError as error:
         stop_again(f"its process could not be recorded: {error}")
         raise StateUnavailable(f"cannot load {plan.model_name}: {error}; it was stopped again") from None

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from gpuwarden.errors import ControllerError, LaunchFailed, StateUnavailable
+
 if TYPE_CHECKING:
     from argon2 import PasswordHasher
 
@@ -235,12 +237,19 @@ class AuditAction(enum.StrEnum):
     TOKEN_CREATE = "token-create"  # noqa: S105 - an action\'s name
     TOKEN_REVOKE = "token-revoke"  # noqa: S105 - an action\'s name
     DENIED = "denied"  # a request refused before any action: not logged in, cross-site
+    QUEUE = "queue"  # a load joined the queue for busy GPUs (its start is audited as a load)
+    QUEUE_END = "queue-end"  # a queued load left the queue without starting: expired, withdrawn, failed
 
 
 class AuditResult(enum.StrEnum):
     OK = "ok"
     REFUSED = "refused"  # not allowed or not safe: nothing was done
     FAILED = "failed"  # tried and failed
+
+
+def audit_result(error: ControllerError) -> AuditResult:
+    """Refused (not allowed, not safe, not understood: nothing was tried) or failed (tried)."""
+    return AuditResult.FAILED if isinstance(error, (LaunchFailed, StateUnavailable)) else AuditResult.REFUSED
 
 
 @dataclass(frozen=True)

@@ -7,15 +7,16 @@ launcher's exit record) and applies these; they are unit-tested without any I/O.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from gpuwarden.classify import StatusDocument
 from gpuwarden.config import ModelConfig
-from gpuwarden.errors import BadSelection, LoadRefused
+from gpuwarden.errors import BadSelection, GpusBusy, LoadRefused
 from gpuwarden.history import Activity
 from gpuwarden.process.exitrecord import ExitRecord
 from gpuwarden.records import GpuState, ModelState, ModelView, PlacementRecord, Selection
+from gpuwarden.waitlist import WaitEntry, claim_text
 
 # What became of a placement whose process ended: its new state, exit code and error.
 Outcome = tuple[ModelState, int | None, str | None]
@@ -28,32 +29,36 @@ def refuse_if_already_loaded(name: str, active: Sequence[PlacementRecord]) -> No
         raise LoadRefused(f"model {name} is already loaded ({mine[0].state}, on GPU {where}); unload it first")
 
 
-def default_selection(spec: ModelConfig, document: StatusDocument) -> Selection:
-    """The first idle GPUs, as many as the model wants by default (the CPU in CPU mode). Never the
-    CPU instead of GPUs because the GPUs could not be read: that is refused."""
+def default_selection(spec: ModelConfig, document: StatusDocument,
+                      claims: Mapping[int, WaitEntry] | None = None) -> Selection:
+    """The first idle GPUs nobody waits for, as many as the model wants by default (the CPU in CPU
+    mode). Never the CPU instead of GPUs because the GPUs could not be read: that is refused."""
     if document.cpu_mode or spec.default_gpus == 0:
         return Selection.cpu()
     if document.unreadable:
         raise LoadRefused(f"cannot choose GPUs for {spec.name}: {unreadable_reason(document)}; "
                           "to run it on the CPU, choose 'cpu' explicitly")
-    idle = [gpu.index for gpu in document.gpus if gpu.loadable]
+    idle = [gpu.index for gpu in document.gpus if gpu.loadable and gpu.index not in (claims or {})]
     if len(idle) < spec.default_gpus:
+        promised = f" (promised to the queue: GPU {', '.join(map(str, sorted(claims)))})" if claims else ""
         raise LoadRefused(f"model {spec.name} wants {spec.default_gpus} GPU(s); idle now: "
-                          f"{', '.join(map(str, idle)) or 'none'}; choose GPUs explicitly")
+                          f"{', '.join(map(str, idle)) or 'none'}{promised}; choose GPUs explicitly")
     return Selection(tuple(idle[: spec.default_gpus]))
 
 
-def check_selection(selection: Selection, document: StatusDocument) -> tuple[str | None, ...]:
+def check_selection(selection: Selection, document: StatusDocument,
+                    claims: Mapping[int, WaitEntry] | None = None) -> tuple[str | None, ...]:
     """Refuse a selection that is not safe now (the message names every busy GPU and who holds
-    it); the uuids of the selected GPUs otherwise."""
+    it), or that takes an idle GPU promised to a load waiting in ``claims``; the uuids of the
+    selected GPUs otherwise. A refusal for busy GPUs is :class:`GpusBusy` (a load may wait)."""
     if selection.on_cpu:
         return ()
     indexes = selection.gpu_indexes
     if document.cpu_mode:
         raise LoadRefused(f"no GPU available ({document.error}); load onto 'cpu' instead")
     if document.unreadable:
-        raise LoadRefused(f"refused: {unreadable_reason(document)}; no model is loaded onto a GPU until "
-                          "the GPUs can be read again")
+        raise GpusBusy(f"refused: {unreadable_reason(document)}; no model is loaded onto a GPU until "
+                       "the GPUs can be read again")
     missing = [i for i in indexes if document.gpu(i) is None]
     if missing:
         existing = ", ".join(str(g.index) for g in document.gpus)
@@ -63,6 +68,8 @@ def check_selection(selection: Selection, document: StatusDocument) -> tuple[str
         gpu = document.gpu(index)
         assert gpu is not None
         if gpu.state is GpuState.IDLE:
+            if index in (claims or {}):
+                problems.append(claim_text(index, (claims or {})[index]))
             continue
         if gpu.state is GpuState.MODEL_LOADED:
             problems.append(f"GPU {index} holds model {gpu.model_name}")
@@ -71,8 +78,20 @@ def check_selection(selection: Selection, document: StatusDocument) -> tuple[str
         else:
             problems.append(f"GPU {index} is unavailable: {gpu.reason}")
     if problems:
-        raise LoadRefused("refused: " + "; ".join(problems))
+        raise GpusBusy("refused: " + "; ".join(problems))
     return tuple(gpu.uuid for gpu in (document.gpu(i) for i in indexes) if gpu is not None)
+
+
+def check_wait(selection: Selection | None, document: StatusDocument) -> None:
+    """Refuse a load that would wait for nothing it can get: no GPUs named (the CPU is never busy),
+    or GPUs that do not exist (the last good reading's, while the GPUs are unreadable)."""
+    if selection is None or selection.on_cpu:
+        raise BadSelection("to wait, name the GPUs to wait for (the CPU is never busy)")
+    known = {gpu.index for gpu in document.gpus}
+    missing = [index for index in selection.gpu_indexes if known and index not in known]
+    if missing:
+        raise BadSelection(f"GPU {', '.join(map(str, missing))} does not exist (GPUs here: "
+                           f"{', '.join(map(str, sorted(known)))})")
 
 
 def unreadable_reason(document: StatusDocument) -> str:

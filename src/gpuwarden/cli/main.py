@@ -1,4 +1,4 @@
-"""The command line: ``gpuwarden status | models | load | unload | serve`` (and ``users``, ``audit``, ``service``).
+"""The command line: ``gpuwarden status | models | load | unload | serve`` (``queue``, ``users``, ``audit``...).
 
 The CLI acts itself, on the same state database as a running server (one source of truth; loads
 are serialized machine-wide by the database), so it works with or without the server.
@@ -26,6 +26,7 @@ from gpuwarden.probe.shared import Freshness
 from gpuwarden.probe.users import DENIED
 from gpuwarden.records import GpuState, ModelView, parse_selection
 from gpuwarden.runtime import RUNTIME_SETTING_RANGES
+from gpuwarden.waitlist import parse_duration_seconds
 
 
 def format_status(document: StatusDocument) -> str:
@@ -89,7 +90,7 @@ class LazyGroup(click.Group):
     named: ``gpuwarden status`` does not pay for them."""
 
     LAZY: ClassVar[dict[str, str]] = {"users": "gpuwarden.cli.people", "audit": "gpuwarden.cli.people",
-                                      "service": "gpuwarden.cli.service"}
+                                      "service": "gpuwarden.cli.service", "queue": "gpuwarden.cli.waiting"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *self.LAZY])
@@ -150,14 +151,30 @@ def models(ctx: click.Context, as_json: bool) -> None:
 @cli.command()
 @click.argument("model")
 @click.option("--gpus", default=None, help="GPU indexes such as '0' or '0,1', or 'cpu' (default: the first idle GPUs).")
+@click.option("--wait", is_flag=True, help="If the GPUs are busy, wait in the queue for them, then until the model"
+              " runs (Ctrl+C withdraws the request).")
+@click.option("--timeout", "timeout", default=None, metavar="DURATION",
+              help="With --wait: give up after this long (3600, 90s, 30m, 1h, 1h30m; default: wait_timeout_minutes).")
 @click.pass_context
-def load(ctx: click.Context, model: str, gpus: str | None) -> None:
-    """Load MODEL onto idle GPUs (re-checked right before the load)."""
+def load(ctx: click.Context, model: str, gpus: str | None, wait: bool, timeout: str | None) -> None:
+    """Load MODEL onto idle GPUs (re-checked right before the load), or with --wait wait for busy ones."""
+    if timeout is not None and not wait:
+        raise click.UsageError("--timeout is for --wait")
+    try:
+        wait_seconds = parse_duration_seconds(timeout) if timeout is not None else None
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--timeout") from None
     controller = controller_for(ctx)
     try:
         controller.model_spec(model)  # an unknown model is reported before a bad selection
         selection = parse_selection(gpus) if gpus is not None else None
-        view = controller.load(model, selection, actor=cli_actor())
+        if wait:
+            from gpuwarden.cli.waiting import load_and_wait
+
+            view = load_and_wait(ctx, controller, model, selection,
+                                 wait_seconds or controller.settings.wait_timeout_minutes * 60)
+        else:
+            view = controller.load(model, selection, actor=cli_actor())
     except ControllerError as error:
         fail(ctx, error)
     where = ",".join(map(str, view.gpu_indexes)) if view.gpu_indexes else "cpu"

@@ -23,12 +23,14 @@ from gpuwarden.store.accounts import AccountsTx
 from gpuwarden.store.base import StoreError
 from gpuwarden.store.connections import FileIdentity, ThreadConnections, file_identity
 from gpuwarden.store.placements import PlacementsTx
+from gpuwarden.store.waitlist import WaitlistTx
 
 OWN_STEPS_KEPT = 1024
 
 
-class StoreTx(PlacementsTx, AccountsTx):
-    """Reads and writes within one transaction: placements and settings, accounts and the audit trail."""
+class StoreTx(PlacementsTx, AccountsTx, WaitlistTx):
+    """Reads and writes within one transaction: placements and settings, accounts and the audit
+    trail, the queue of waiting loads."""
 
 
 class Store:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from gpuwarden.store.base import StoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS placements (
@@ -64,12 +64,27 @@ CREATE TABLE IF NOT EXISTS audit (
     detail TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_by_time ON audit (at);
+""" + """
+CREATE TABLE IF NOT EXISTS waitlist (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- the order of the lines: first come, first served
+    model_name TEXT NOT NULL,
+    gpu_indexes TEXT NOT NULL,          -- JSON list of ints, never empty (the CPU is never busy)
+    owner TEXT,
+    client TEXT,
+    requested_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    state TEXT NOT NULL,                -- waiting | started | expired | withdrawn | failed
+    ended_at TEXT,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS waitlist_by_state ON waitlist (state, id);
 """
 # Version N -> N + 1, run before SCHEMA (whose CREATE ... IF NOT EXISTS adds the new tables).
 UPGRADES: dict[int, tuple[str, ...]] = {
     # 1 -> 2: a placement's free-text "requested_by" becomes its owner. Old values were whatever a
     # client typed, so with accounts only an admin can unload such a placement.
     1: ("ALTER TABLE placements RENAME COLUMN requested_by TO owner",),
+    2: (),  # 2 -> 3: the waitlist (a new table)
 }
 
 

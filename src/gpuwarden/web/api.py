@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
 from gpuwarden.accounts import Accounts
 from gpuwarden.controller import Controller
@@ -15,6 +15,7 @@ from gpuwarden.people import Actor, AuditAction, AuditEntry, AuditResult, may_ad
 from gpuwarden.probe.shared import Freshness
 from gpuwarden.records import Selection, parse_selection
 from gpuwarden.runtime import RUNTIME_SETTING_RANGES
+from gpuwarden.waitlist import MAX_WAIT_SECONDS, MIN_WAIT_SECONDS, WaitEntry
 from gpuwarden.web.auth import ActorDep
 from gpuwarden.web.lean import LeanRoute, flag_parameters, query_flag
 from gpuwarden.web.metrics import metrics_text
@@ -58,6 +59,11 @@ class LoadRequest(BaseModel):
     # Elements are checked by parse_selection, so a bad one (true, 1.5) gets the same sentence as "x".
     gpus: StrictStr | list[Any] | None = Field(
         default=None, description="'1', '0,1', [0, 1] or 'cpu'; default: the model's default number of idle GPUs.")
+    wait: StrictBool = Field(default=False, description="If the GPUs are busy, wait in the queue for them (202) instead"
+                             " of being refused (409); needs gpus.")
+    wait_timeout_seconds: StrictInt | None = Field(
+        default=None, ge=MIN_WAIT_SECONDS, le=MAX_WAIT_SECONDS,
+        description="How long to wait at most (default: the wait_timeout_minutes setting).")
 
     @model_validator(mode="before")
     @classmethod
@@ -65,6 +71,8 @@ class LoadRequest(BaseModel):
         if isinstance(data, dict) and "requested_by" in data:
             raise ValueError("requested_by is no longer accepted: a model belongs to whoever loads it (the signed-in"
                              " user, or the API token's user)")
+        if isinstance(data, dict) and data.get("wait_timeout_seconds") is not None and data.get("wait") is not True:
+            raise ValueError("wait_timeout_seconds is for a load that waits: add \"wait\": true")
         return data
 
 
@@ -122,12 +130,51 @@ def models(controller: ControllerDep) -> list[dict[str, Any]]:
     return [view.to_dict() for view in controller.models()]
 
 
-@router.post("/models/{name}/load", summary="Load a model onto idle GPUs",
-             responses={404: {"description": "unknown model"}, 409: {"description": "refused: GPU busy"},
+@router.post("/models/{name}/load", summary="Load a model onto idle GPUs, or wait in the queue for busy ones",
+             responses={202: {"description": "queued: the GPUs are busy, and the load waits for them"},
+                        404: {"description": "unknown model"}, 409: {"description": "refused: GPU busy"},
                         422: {"description": "bad selection"}})
-def load(name: str, body: LoadRequest, controller: ControllerDep, actor: ActorDep) -> dict[str, Any]:
+def load(name: str, body: LoadRequest, controller: ControllerDep, actor: ActorDep,
+         response: Response) -> dict[str, Any]:
+    """Loads now (200, the model), or with ``wait`` queues the load while its GPUs are busy (202:
+    ``{"queued": true, "id": ..., "position": N, ...}``); it then starts by itself once they are
+    idle and it is first in line. ``GET /api/queue/ID`` says how it is doing."""
     controller.model_spec(name)  # an unknown model is a 404, whatever the selection
-    return controller.load(name, selection_for(controller, name, body.gpus, actor), actor=actor).to_dict()
+    selection = selection_for(controller, name, body.gpus, actor)
+    if not body.wait:
+        return controller.load(name, selection, actor=actor).to_dict()
+    wait_seconds = body.wait_timeout_seconds or controller.settings.wait_timeout_minutes * 60
+    outcome = controller.load_or_wait(name, selection, actor=actor, wait_seconds=wait_seconds)
+    if not isinstance(outcome, WaitEntry):
+        return outcome.to_dict()
+    response.status_code = 202
+    return {"queued": True, **queue_entry(controller, outcome)}
+
+
+def queue_entry(controller: Controller, entry: WaitEntry) -> dict[str, Any]:
+    """A queued load in the API's form: with its place in line and its GPUs' holders while it waits."""
+    line = next((line for line in controller.queue_lines() if line.entry.id == entry.id), None)
+    return line.to_dict() if line is not None else entry.to_dict()
+
+
+@router.get("/queue", summary="The loads waiting for busy GPUs, first come first")
+def queue(controller: ControllerDep) -> list[dict[str, Any]]:
+    """Each waiting load: who, which model, which GPUs, since when, until when, its position (1: next
+    in line on all its GPUs) and what holds each GPU now."""
+    return [line.to_dict() for line in controller.queue_lines()]
+
+
+@router.get("/queue/{entry_id}", summary="One queued load: waiting, or how it ended",
+            responses={404: {"description": "no such request"}})
+def queue_request(entry_id: int, controller: ControllerDep) -> dict[str, Any]:
+    return queue_entry(controller, controller.queue.entry(entry_id))
+
+
+@router.delete("/queue/{entry_id}", summary="Withdraw a waiting load (its owner or an admin)",
+               responses={403: {"description": "another person's request"}, 404: {"description": "no such request"},
+                          409: {"description": "no longer waiting"}})
+def withdraw(entry_id: int, controller: ControllerDep, actor: ActorDep) -> dict[str, Any]:
+    return controller.withdraw(entry_id, actor=actor).to_dict()
 
 
 @router.post("/models/{name}/unload", summary="Unload a model and free its GPUs",

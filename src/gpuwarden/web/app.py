@@ -1,7 +1,8 @@
 """``create_app(controller)``: the FastAPI application, built by a factory (no import-time globals).
 
 A monitor thread runs beside the server: every second it reconciles the models (crashes, health
-checks, changes made by the CLI), and every ``refresh_interval_seconds`` it refreshes GPU status.
+checks, changes made by the CLI), and every ``refresh_interval_seconds`` it refreshes GPU status;
+after each pass it unloads idle models and starts queued loads whose GPUs became free.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ from gpuwarden.errors import (
     NotAuthenticated,
     NotLoaded,
     NotPermitted,
+    NotWaiting,
     StateUnavailable,
     TooManyAttempts,
     UnknownModel,
+    UnknownWaitRequest,
 )
 from gpuwarden.people import AuditAction, AuditEntry, AuditResult, AuthMode
 from gpuwarden.probe.shared import Freshness
@@ -52,6 +55,7 @@ AUDIT_PRUNE_INTERVAL_SECONDS = 3600.0
 # Domain errors carry no HTTP codes; this is where they get them (most specific class first).
 HTTP_STATUS_FOR_ERROR: tuple[tuple[type[ControllerError], int], ...] = (
     (UnknownModel, 404),
+    (UnknownWaitRequest, 404),
     (NotAuthenticated, 401),
     (NotPermitted, 403),
     (TooManyAttempts, 429),
@@ -59,6 +63,7 @@ HTTP_STATUS_FOR_ERROR: tuple[tuple[type[ControllerError], int], ...] = (
     (BadSelection, 422),
     (LoadRefused, 409),
     (NotLoaded, 409),
+    (NotWaiting, 409),
     (StateUnavailable, 503),
     (InvalidSetting, 422),
     (LaunchFailed, 500),
@@ -110,6 +115,10 @@ class Monitor:
                 self.controller.unload_idle()
             except Exception as error:  # noqa: BLE001
                 print(f"gpuwarden: monitor: idle models: {error!r}", flush=True)
+            try:  # queued loads start within one reading of their GPUs becoming idle
+                self.controller.advance_queue()
+            except Exception as error:  # noqa: BLE001
+                print(f"gpuwarden: monitor: queue: {error!r}", flush=True)
 
 
 def create_app(controller: Controller, *, monitor: bool = True) -> FastAPI:

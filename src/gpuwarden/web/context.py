@@ -10,6 +10,7 @@ from gpuwarden.classify import StatusDocument
 from gpuwarden.controller import Controller
 from gpuwarden.errors import StateUnavailable
 from gpuwarden.people import Actor
+from gpuwarden.queueing import QueueLine
 from gpuwarden.records import ModelState, ModelView
 from gpuwarden.runtime import RUNTIME_SETTING_RANGES
 
@@ -23,9 +24,11 @@ def content_context(controller: Controller, accounts: Accounts, actor: Actor, st
     status = status or controller.status()
     models: list[ModelView] = []
     activity: list[people.AuditEntry] = []
+    queue: list[QueueLine] = []
     state_error = None
     try:
         models = controller.models()
+        queue = controller.queue_lines(status)
         activity = accounts.recent(RECENT_ACTIVITY_ROWS)
     except StateUnavailable as error:
         state_error = str(error)
@@ -34,6 +37,9 @@ def content_context(controller: Controller, accounts: Accounts, actor: Actor, st
         "actor": actor,
         "accounts_on": mode is people.AuthMode.PASSWORD,
         "may_stop": lambda model: people.may_unload(actor, model.owner, mode),
+        "may_withdraw": lambda entry: people.may_unload(actor, entry.owner, mode),
+        "queue": queue,
+        "queued": {line.entry.model_name: line for line in queue},
         "may_configure": people.may_administer(actor, mode),
         "activity": activity,
         "status": status,
@@ -46,6 +52,7 @@ def content_context(controller: Controller, accounts: Accounts, actor: Actor, st
         "interval": controller.runtime.refresh_interval_seconds,
         "threshold": status.threshold_mib,
         "idle_notice_seconds": controller.settings.idle_notice_minutes * 60,
+        "wait_minutes": controller.settings.wait_timeout_minutes,
         "ranges": RUNTIME_SETTING_RANGES,
         "version": controller.changes.version,
         "starting": any(m.state in (ModelState.STARTING, ModelState.STOPPING) for m in models),

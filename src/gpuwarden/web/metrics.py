@@ -10,6 +10,8 @@ Refusals since start, per action. Renders of the status document and the dashboa
 
 from __future__ import annotations
 
+import contextlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -69,6 +71,7 @@ class ControllerCollector(Collector):
         if snapshot is not None:
             yield from gpu_metrics(self.controller.status_of(snapshot))
         yield from self._model_metrics()
+        yield from self._queue_metrics()
         yield from self._probe_metrics()
 
     def _model_metrics(self) -> Iterator[Metric]:
@@ -88,6 +91,15 @@ class ControllerCollector(Collector):
                 uptime.add_metric([view.name], view.uptime_seconds)
             loads.add_metric([view.name], counted.get(view.name, 0))
         yield from (state, uptime, loads)
+
+    def _queue_metrics(self) -> Iterator[Metric]:
+        waiting = GaugeMetricFamily("gpuwarden_queue_waiting", "Loads waiting in the queue for each GPU",
+                                    labels=["gpu"])
+        with contextlib.suppress(StateUnavailable):
+            counts = Counter(index for entry in self.controller.queue.waiting() for index in entry.gpu_indexes)
+            for index, count in sorted(counts.items()):
+                waiting.add_metric([str(index)], count)
+        yield waiting
 
     def _probe_metrics(self) -> Iterator[Metric]:
         stats = self.controller.gpus.stats

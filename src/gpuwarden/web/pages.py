@@ -21,6 +21,8 @@ from gpuwarden.controller import Controller
 from gpuwarden.errors import BadSelection, ControllerError
 from gpuwarden.people import Actor
 from gpuwarden.probe.shared import Freshness
+from gpuwarden.records import ModelView
+from gpuwarden.waitlist import WaitEntry
 from gpuwarden.web.api import AccountsDep, ControllerDep, rendered_views, selection_for
 from gpuwarden.web.assets import AssetMissing, vendor_file
 from gpuwarden.web.auth import ActorDep, current_actor
@@ -99,21 +101,47 @@ def with_toast(response: HTMLResponse, message: str, *, ok: bool) -> HTMLRespons
 @router.post("/dashboard/models/{name}/load", response_class=HTMLResponse, dependencies=[Depends(require_htmx)])
 def load(request: Request, name: str, controller: ControllerDep, accounts: AccountsDep, actor: ActorDep,
          gpus: Annotated[list[str] | None, Form()] = None,
-         chosen: Annotated[str | None, Form()] = None) -> HTMLResponse:
+         chosen: Annotated[str | None, Form()] = None, wait: Annotated[str | None, Form()] = None) -> HTMLResponse:
     """A GPU button sends its GPU; "Load on selected" sends the ticked ones (``chosen``): none ticked
-    is refused, never taken for the model's default GPUs."""
+    is refused, never taken for the model's default GPUs. "Wait for GPU N" sends ``wait``: the load
+    joins the queue while the GPU is busy (for ``wait_timeout_minutes``)."""
     flash: dict[str, str] = {}
     try:
         controller.model_spec(name)  # an unknown model is reported before a bad selection
         if chosen is not None and not gpus:
             raise BadSelection(f"tick the GPUs to load {name} on (at least one)")
-        view = controller.load(name, selection_for(controller, name, form_selection(gpus), actor), actor=actor)
-        where = f"GPU {','.join(map(str, view.gpu_indexes))}" if view.gpu_indexes else "the CPU"
-        message, ok = f"Loading {name} on {where}", True
+        selection = selection_for(controller, name, form_selection(gpus), actor)
+        if wait == "true":
+            outcome = controller.load_or_wait(name, selection, actor=actor,
+                                              wait_seconds=controller.settings.wait_timeout_minutes * 60)
+        else:
+            outcome = controller.load(name, selection, actor=actor)
+        message, ok = load_message(name, outcome), True
     except ControllerError as error:
         flash[name] = message = str(error)
         ok = False
     response = render(request, "_content.html", content_context(controller, accounts, actor, flash=flash))
+    return with_toast(response, message, ok=ok)
+
+
+def load_message(name: str, outcome: ModelView | WaitEntry) -> str:
+    if isinstance(outcome, WaitEntry):
+        return (f"{name} waits for GPU {outcome.gpus_label} (request {outcome.id}): it starts by itself once the GPU"
+                " is idle and its turn comes")
+    where = f"GPU {','.join(map(str, outcome.gpu_indexes))}" if outcome.gpu_indexes else "the CPU"
+    return f"Loading {name} on {where}"
+
+
+@router.post("/dashboard/queue/{entry_id}/withdraw", response_class=HTMLResponse,
+             dependencies=[Depends(require_htmx)])
+def withdraw(request: Request, entry_id: int, controller: ControllerDep, accounts: AccountsDep,
+             actor: ActorDep) -> HTMLResponse:
+    try:
+        entry = controller.withdraw(entry_id, actor=actor)
+        message, ok = f"Request {entry.id} ({entry.model_name}) withdrawn", True
+    except ControllerError as error:
+        message, ok = str(error), False
+    response = render(request, "_content.html", content_context(controller, accounts, actor))
     return with_toast(response, message, ok=ok)
 
 

@@ -5,12 +5,15 @@ Kept out of the templates so the rules (seed §5, §6) are plain, tested Python.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gpuwarden.classify import GpuStatus, StatusDocument
 from gpuwarden.history import WINDOW_SECONDS, Sample
 from gpuwarden.present import BOLT
+from gpuwarden.queueing import QueueLine
 from gpuwarden.records import GpuState, ModelView
+from gpuwarden.waitlist import WaitEntry, claim_text
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,8 @@ class GpuButton:
     action: str  # "load" | "details" (the model's own GPU: its details; Unload is the one unload) | "none"
     disabled: bool
     title: str  # tooltip: what a click does, or why it is disabled
-    css: str  # idle | mine | other-model | occupied | unavailable | busy-model
+    css: str  # idle | mine | other-model | occupied | unavailable | busy-model | queued
+    wait: bool = False  # offer "Wait for GPU N" beside it (a busy GPU, the model neither loaded nor waiting)
 
 
 def not_yours(model: ModelView) -> str:
@@ -91,19 +95,25 @@ def not_yours(model: ModelView) -> str:
     return f"{model.name} was loaded by {owner}: only its owner or an admin can unload it"
 
 
-def gpu_button(model: ModelView, gpu: GpuStatus) -> GpuButton:
+def gpu_button(model: ModelView, gpu: GpuStatus, claim: WaitEntry | None = None, waiting: bool = False) -> GpuButton:
+    """The button of ``gpu`` for ``model``; ``claim``: the load first in line for the GPU, if any;
+    ``waiting``: the model itself waits in the queue already."""
     index = str(gpu.index)
+    may_wait = not model.loaded and not waiting
     if gpu.state is GpuState.MODEL_LOADED and model.name in gpu.model_names and gpu.index in model.gpu_indexes:
         return GpuButton(f"{BOLT} GPU {index} ({model.name})", index, "details", False,
                          f"{model.name} runs on GPU {index} ({model.state.value}): click for its details", "mine")
     if gpu.state is GpuState.MODEL_LOADED:
         other = gpu.model_name or "another model"
         return GpuButton(f"{BOLT} GPU {index} ({other})", index, "none", True,
-                         f"GPU {index} runs {other}: unload it first", "other-model")
+                         f"GPU {index} runs {other}: unload it first", "other-model", may_wait)
     if gpu.state is GpuState.OCCUPIED_BY_OTHERS:
-        return GpuButton(f"GPU {index} (Occupied)", index, "none", True, gpu.reason, "occupied")
+        return GpuButton(f"GPU {index} (Occupied)", index, "none", True, gpu.reason, "occupied", may_wait)
     if gpu.state is GpuState.UNAVAILABLE:
-        return GpuButton(f"GPU {index} (Unavailable)", index, "none", True, gpu.reason, "unavailable")
+        return GpuButton(f"GPU {index} (Unavailable)", index, "none", True, gpu.reason, "unavailable", may_wait)
+    if claim is not None and not model.loaded:
+        return GpuButton(f"GPU {index} (Queued)", index, "none", True, claim_text(gpu.index, claim), "queued",
+                         may_wait)
     if model.loaded:
         where = f"GPU {','.join(map(str, model.gpu_indexes))}" if model.gpu_indexes else "the CPU"
         return GpuButton(f"GPU {index}", index, "none", True,
@@ -120,13 +130,19 @@ def cpu_button(model: ModelView) -> GpuButton:
     return GpuButton("CPU", "cpu", "load", False, f"Load {model.name} on the CPU", "idle")
 
 
-def buttons_for(model: ModelView, status: StatusDocument) -> list[GpuButton]:
+def buttons_for(model: ModelView, status: StatusDocument, queue: Sequence[QueueLine] = ()) -> list[GpuButton]:
     """One button per detected GPU (GPU 0 .. GPU N-1), or one CPU button in CPU mode. Unreadable
     GPUs: the last known ones, disabled with the reason, and the CPU button. A model's own GPU
-    opens its details; the model's Unload button is the one way to unload it."""
+    opens its details; the model's Unload button is the one way to unload it. A busy GPU offers
+    to wait for it; an idle one promised to the queue is disabled (``queue``: the waiting loads)."""
     if status.cpu_mode:
         return [cpu_button(model)]
-    buttons = [gpu_button(model, gpu) for gpu in status.gpus]
+    first_in_line: dict[int, WaitEntry] = {}
+    for line in queue:
+        for index in line.entry.gpu_indexes:
+            first_in_line.setdefault(index, line.entry)
+    waiting = any(line.entry.model_name == model.name for line in queue)
+    buttons = [gpu_button(model, gpu, first_in_line.get(gpu.index), waiting) for gpu in status.gpus]
     if status.unreadable:
         buttons.append(cpu_button(model))
     return buttons
