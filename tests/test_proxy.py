@@ -20,7 +20,7 @@ from gpuwarden.controller import Controller, build_controller
 from gpuwarden.people import Actor, Channel
 from gpuwarden.records import parse_selection
 from gpuwarden.web.app import create_app
-from gpuwarden.web.proxy import forwarded_headers, request_body, upstream_url
+from gpuwarden.web.proxy import forwarded_headers, request_body, rewritten_location, upstream_url
 from tests.conftest import FakeSmi, free_port, make_settings, wait_for
 
 ECHO = {"name": "echo", "command": [sys.executable, "-m", "gpuwarden.demo.model_server", "--port", "{port}",
@@ -146,3 +146,25 @@ def test_the_model_gets_the_path_as_sent_and_no_header_the_proxy_made_up() -> No
     assert headers["accept-encoding"] == "identity"  # never a compressed answer the client did not ask for
     assert "forwarded" not in headers and "x-real-ip" not in headers and "user-agent" not in headers
     assert request_body(request) is None  # no length, not chunked: no body, whatever the method
+
+
+def test_a_redirect_to_the_models_own_paths_stays_behind_the_proxy(served: tuple[str, Controller]) -> None:
+    base, controller = served
+    running(controller, "echo")
+    view = controller.model_view("echo")
+    assert view is not None and view.port is not None
+    with httpx.Client(base_url=base, timeout=30) as http:
+        for sent, seen in (("/docs/", "/models/echo/docs/"),
+                           (f"http://127.0.0.1:{view.port}/v1?x=1", "/models/echo/v1?x=1"),
+                           ("next", "next"), ("https://example.org/a", "https://example.org/a")):
+            answer = http.post("/models/echo/echo", content=b"", headers={"X-Echo-Location": sent})
+            assert answer.headers["location"] == seen, sent
+
+
+@pytest.mark.parametrize(("location", "expected"), [
+    (b"/", b"/models/m/"), (b"/a/b?c=d", b"/models/m/a/b?c=d"), (b"http://127.0.0.1:9000", b"/models/m/"),
+    (b"http://LOCALHOST:9000/x", b"/models/m/x"), (b"http://127.0.0.1:9000?q", b"/models/m/?q"),
+    (b"//evil.example/x", b"//evil.example/x"), (b"http://127.0.0.1:90001/x", b"http://127.0.0.1:90001/x"),
+    (b"http://127.0.0.1:9000@evil.example/", b"http://127.0.0.1:9000@evil.example/"), (b"rel", b"rel")])
+def test_redirect_locations(location: bytes, expected: bytes) -> None:
+    assert rewritten_location(location, "m", 9000) == expected

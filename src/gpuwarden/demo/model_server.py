@@ -3,9 +3,9 @@
 
 It serves ``GET /health`` (200), ``GET /`` (which GPUs it was given), ``GET /stream?words=N`` (N
 words, one chunk each, as a language model streams its answer) and ``POST /echo`` (the request's body,
-method, path and headers back; ``X-Echo-Set-Cookie`` and ``X-Echo-Content-Security-Policy`` come back
-as response headers, to test what a proxy passes on) on ``--port``, logs a line now and then, and
-exits cleanly on SIGTERM / Ctrl+C. It loads nothing and downloads nothing.
+method, path and headers back; ``X-Echo-Set-Cookie``, ``X-Echo-Content-Security-Policy`` and
+``X-Echo-Location`` come back as response headers, to test what a proxy passes on) on ``--port``,
+logs a line now and then, and exits cleanly on SIGTERM / Ctrl+C. It loads nothing and downloads nothing.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
-        for header in ("Set-Cookie", "Content-Security-Policy"):  # what a proxy in front must not pass on
+        for header in ("Set-Cookie", "Content-Security-Policy", "Location"):  # what a proxy must not pass on as is
             if self.headers.get(f"X-Echo-{header}"):
                 self.send_header(header, self.headers[f"X-Echo-{header}"])
         self.end_headers()

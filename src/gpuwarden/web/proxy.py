@@ -102,7 +102,7 @@ async def model_root(name: str) -> Response:
 
 @router.api_route("/models/{name}/{path:path}", methods=METHODS)
 async def proxy(request: Request, name: str, path: str, controller: ControllerDep, _signed_in: ActorDep) -> Response:
-    view = next((view for view in await run_in_threadpool(controller.models) if view.name == name), None)
+    view = await run_in_threadpool(controller.model_view, name)
     if view is None:
         return JSONResponse({"detail": f"unknown model {name[:80]!r}"}, status_code=404)
     if view.state is not ModelState.RUNNING or view.port is None:
@@ -122,9 +122,26 @@ async def proxy(request: Request, name: str, path: str, controller: ControllerDe
                             status_code=502)
     response = StreamingResponse(_relayed(upstream, lambda: controller.requests.ended(name, controller.clock())),
                                  status_code=upstream.status_code)
-    response.raw_headers = [*((key, value) for key, value in upstream.headers.raw
+    port = view.port
+    response.raw_headers = [*((key, rewritten_location(value, name, port) if key.lower() == b"location" else value)
+                              for key, value in upstream.headers.raw
                               if key.lower().decode("latin-1") not in NOT_RETURNED), SANDBOX]
     return response
+
+
+def rewritten_location(location: bytes, name: str, port: int) -> bytes:
+    """A redirect as the client must follow it: a path on the model's server (``/docs/``, or its own
+    address ``http://127.0.0.1:PORT/docs/``) is that path behind ``/models/NAME``; a relative one or
+    another site's is left as it is."""
+    text = location.decode("latin-1")
+    for own in (f"http://127.0.0.1:{port}", f"http://localhost:{port}"):
+        rest = text[len(own):]
+        if text.lower().startswith(own) and rest[:1] in ("", "/", "?"):
+            text = rest if rest.startswith("/") else "/" + rest
+            break
+    if text.startswith("/") and not text.startswith("//"):
+        return f"{PROXY_PREFIX}{name}{text}".encode("latin-1")
+    return location
 
 
 async def _relayed(upstream: httpx.Response, ended: Callable[[], None]) -> AsyncIterator[bytes]:
