@@ -165,6 +165,11 @@ def test_a_redirect_to_the_models_own_paths_stays_behind_the_proxy(served: tuple
     (b"/", b"/models/m/"), (b"/a/b?c=d", b"/models/m/a/b?c=d"), (b"http://127.0.0.1:9000", b"/models/m/"),
     (b"http://LOCALHOST:9000/x", b"/models/m/x"), (b"http://127.0.0.1:9000?q", b"/models/m/?q"),
     (b"//evil.example/x", b"//evil.example/x"), (b"http://127.0.0.1:90001/x", b"http://127.0.0.1:90001/x"),
-    (b"http://127.0.0.1:9000@evil.example/", b"http://127.0.0.1:9000@evil.example/"), (b"rel", b"rel")])
+    (b"http://127.0.0.1:9000@evil.example/", b"http://127.0.0.1:9000@evil.example/"), (b"rel", b"rel"),
+    (b"http://127.0.0.1:9000#top", b"/models/m/#top"),
+    (b"/../../api/me", b"/models/m/api/me"), (b"/%2e%2E/api", b"/models/m/api"),
+    (b"/a/./b/../c?x=/../y", b"/models/m/a/c?x=/../y"),
+    (b"/models/m/x", b"/models/m/x"), (b"/models/m", b"/models/m"), (b"/models/mm/x", b"/models/m/models/mm/x"),
+    (b"/models/m/../../api", b"/models/m/api"), (b"http://127.0.0.1:9000/models/m/docs", b"/models/m/docs")])
 def test_redirect_locations(location: bytes, expected: bytes) -> None:
     assert rewritten_location(location, "m", 9000) == expected

@@ -279,3 +279,20 @@ def test_removing_an_account_withdraws_its_waiting_loads(tmp_path: Path) -> None
     assert (ended.state, ended.detail) == (WaitState.WITHDRAWN, "account alice removed")
     rig.reading(FREE, FREE, FREE)
     assert launched(rig) == []
+
+
+def test_a_request_for_a_gpu_that_is_not_there_fails_once_the_gpus_read_and_frees_its_lines(rig: QueueRig) -> None:
+    rig.smi_file.write_text("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.\n",
+                            encoding="utf-8")
+    rig.clock.advance(1)
+    assert rig.controller.snapshot(Freshness.NOW).unreadable
+    blind = rig.wait("alpha", 0, 7)  # no good reading yet: which GPUs exist is not known
+    behind = rig.wait("beta", 0, actor=BOB)
+    rig.memory(BUSY, FREE, FREE)  # the driver is back
+    rig.controller.snapshot(Freshness.NEW)  # (a new reading at once: after a failure, NOW waits a few seconds)
+    rig.controller.advance_queue()
+    failed = rig.entry(blind.id)
+    assert (failed.state, failed.detail) == (WaitState.FAILED, "GPU 7 does not exist (GPUs here: 0, 1, 2)")
+    assert rig.entry(behind.id).waiting and [line.position for line in rig.controller.queue_lines()] == [1]
+    rig.reading(FREE, FREE, FREE)
+    assert launched(rig) == ["beta"]

@@ -141,7 +141,14 @@ class LoadQueue(StoredPart):
         waiting = self.waiting()
         changed = False
         for entry in list(waiting):
-            if (only is not None and entry.id != only) or ahead_of(entry, waiting) or not _all_idle(entry, document()):
+            if only is not None and entry.id != only:
+                continue
+            now = document()
+            if missing := _missing_gpus(entry, now):  # gone, or never there: it would block its lines
+                changed |= self.end(entry, WaitState.FAILED, missing)
+                waiting = [other for other in waiting if other.id != entry.id]
+                continue
+            if ahead_of(entry, waiting) or not _all_idle(entry, now):
                 continue
             try:
                 start(entry)
@@ -177,6 +184,18 @@ def owner_actor(entry: WaitEntry) -> Actor:
     """Who a queued load acts for when it starts or ends by itself: whoever queued it."""
     return Actor(entry.owner, admin=False, channel=Channel.SYSTEM, client=entry.client)
 
+
+
+def _missing_gpus(entry: WaitEntry, document: StatusDocument) -> str | None:
+    """Why ``entry`` can never start, if a good reading lacks one of its GPUs."""
+    if document.unreadable or document.cpu_mode:
+        return None  # no good reading to tell
+    here = {gpu.index for gpu in document.gpus}
+    missing = [index for index in entry.gpu_indexes if index not in here]
+    if not missing:
+        return None
+    return (f"GPU {', '.join(map(str, missing))} does not exist (GPUs here: "
+            f"{', '.join(map(str, sorted(here))) or 'none'})")
 
 
 def _all_idle(entry: WaitEntry, document: StatusDocument) -> bool:

@@ -14,6 +14,7 @@ counts as the model's work while it runs, so a model answering through gpuwarden
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from urllib.parse import unquote
 
 import httpx
 from fastapi import APIRouter, Request
@@ -131,17 +132,39 @@ async def proxy(request: Request, name: str, path: str, controller: ControllerDe
 
 def rewritten_location(location: bytes, name: str, port: int) -> bytes:
     """A redirect as the client must follow it: a path on the model's server (``/docs/``, or its own
-    address ``http://127.0.0.1:PORT/docs/``) is that path behind ``/models/NAME``; a relative one or
-    another site's is left as it is."""
+    address ``http://127.0.0.1:PORT/docs/``) is that path behind ``/models/NAME``, its dot segments
+    resolved first so that it cannot step out; one that is there already (a model that honours
+    ``X-Forwarded-Prefix``) stays as it is, and so does a relative one or another site's."""
     text = location.decode("latin-1")
     for own in (f"http://127.0.0.1:{port}", f"http://localhost:{port}"):
         rest = text[len(own):]
-        if text.lower().startswith(own) and rest[:1] in ("", "/", "?"):
+        if text.lower().startswith(own) and rest[:1] in ("", "/", "?", "#"):
             text = rest if rest.startswith("/") else "/" + rest
             break
-    if text.startswith("/") and not text.startswith("//"):
-        return f"{PROXY_PREFIX}{name}{text}".encode("latin-1")
-    return location
+    if not text.startswith("/") or text.startswith("//"):
+        return location
+    cut = min((index for index in (text.find("?"), text.find("#")) if index >= 0), default=len(text))
+    path, tail = without_dot_segments(text[:cut]), text[cut:]
+    prefix = f"{PROXY_PREFIX}{name}"
+    if path == prefix or path.startswith(prefix + "/"):
+        return (path + tail).encode("latin-1")
+    return f"{prefix}{path}{tail}".encode("latin-1")
+
+
+def without_dot_segments(path: str) -> str:
+    """``/a/./b/../c`` -> ``/a/c``, as a browser resolves it (``%2e`` counts as a dot), never above ``/``."""
+    kept: list[str] = []
+    segments = path.split("/")[1:]
+    for index, segment in enumerate(segments):
+        plain = unquote(segment)
+        if plain in (".", ".."):
+            if plain == ".." and kept:
+                kept.pop()
+            if index == len(segments) - 1:
+                kept.append("")  # "/a/.." is the folder "/": it keeps its slash
+            continue
+        kept.append(segment)
+    return "/" + "/".join(kept)
 
 
 async def _relayed(upstream: httpx.Response, ended: Callable[[], None]) -> AsyncIterator[bytes]:
