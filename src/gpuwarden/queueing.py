@@ -24,6 +24,7 @@ from gpuwarden.parts import StoredPart
 from gpuwarden.people import Actor, AuditAction, AuditEntry, AuditResult, Channel, may_unload
 from gpuwarden.present import duration_label
 from gpuwarden.records import GpuState, Selection
+from gpuwarden.rules import absent_gpus
 from gpuwarden.store import StoreError
 from gpuwarden.waitlist import WaitEntry, WaitState, ahead_of, position
 
@@ -185,17 +186,11 @@ def owner_actor(entry: WaitEntry) -> Actor:
     return Actor(entry.owner, admin=False, channel=Channel.SYSTEM, client=entry.client)
 
 
-
 def _missing_gpus(entry: WaitEntry, document: StatusDocument) -> str | None:
     """Why ``entry`` can never start, if a good reading lacks one of its GPUs."""
     if document.unreadable or document.cpu_mode:
         return None  # no good reading to tell
-    here = {gpu.index for gpu in document.gpus}
-    missing = [index for index in entry.gpu_indexes if index not in here]
-    if not missing:
-        return None
-    return (f"GPU {', '.join(map(str, missing))} does not exist (GPUs here: "
-            f"{', '.join(map(str, sorted(here))) or 'none'})")
+    return absent_gpus(entry.gpu_indexes, document)
 
 
 def _all_idle(entry: WaitEntry, document: StatusDocument) -> bool:

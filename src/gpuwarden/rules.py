@@ -59,10 +59,9 @@ def check_selection(selection: Selection, document: StatusDocument,
     if document.unreadable:
         raise GpusBusy(f"refused: {unreadable_reason(document)}; no model is loaded onto a GPU until "
                        "the GPUs can be read again")
-    missing = [i for i in indexes if document.gpu(i) is None]
-    if missing:
-        existing = ", ".join(str(g.index) for g in document.gpus)
-        raise BadSelection(f"GPU {', '.join(map(str, missing))} does not exist (GPUs here: {existing})")
+    absent = absent_gpus(indexes, document)
+    if absent:
+        raise BadSelection(absent)
     problems = []
     for index in indexes:
         gpu = document.gpu(index)
@@ -87,11 +86,18 @@ def check_wait(selection: Selection | None, document: StatusDocument) -> None:
     or GPUs that do not exist (the last good reading's, while the GPUs are unreadable)."""
     if selection is None or selection.on_cpu:
         raise BadSelection("to wait, name the GPUs to wait for (the CPU is never busy)")
-    known = {gpu.index for gpu in document.gpus}
-    missing = [index for index in selection.gpu_indexes if known and index not in known]
-    if missing:
-        raise BadSelection(f"GPU {', '.join(map(str, missing))} does not exist (GPUs here: "
-                           f"{', '.join(map(str, sorted(known)))})")
+    absent = absent_gpus(selection.gpu_indexes, document) if document.gpus else None
+    if absent:
+        raise BadSelection(absent)
+
+
+def absent_gpus(indexes: Sequence[int], document: StatusDocument) -> str | None:
+    """'GPU 7 does not exist (GPUs here: 0, 1, 2)' if ``document`` lists not all of ``indexes``."""
+    here = sorted(gpu.index for gpu in document.gpus)
+    missing = [index for index in indexes if index not in here]
+    if not missing:
+        return None
+    return f"GPU {', '.join(map(str, missing))} does not exist (GPUs here: {', '.join(map(str, here)) or 'none'})"
 
 
 def unreadable_reason(document: StatusDocument) -> str:
