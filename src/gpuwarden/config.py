@@ -245,6 +245,11 @@ class Settings(BaseModel):
         """Warnings from reading the settings (unknown GPUWARDEN_* variables): shown, never fatal."""
         return self._notes
 
+    @property
+    def wait_timeout_seconds(self) -> int:
+        """How long a queued load waits when its request names no time."""
+        return self.wait_timeout_minutes * 60
+
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)
 

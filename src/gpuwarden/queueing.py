@@ -60,6 +60,11 @@ def queue_lines(waiting: list[WaitEntry], document: StatusDocument) -> list[Queu
     return lines
 
 
+def line_of(lines: list[QueueLine], entry_id: int) -> QueueLine | None:
+    """The line of request ``entry_id`` (None: it no longer waits)."""
+    return next((line for line in lines if line.entry.id == entry_id), None)
+
+
 class LoadQueue(StoredPart):
     """Queued loads: every change is one transaction, audited in it."""
 

@@ -172,7 +172,7 @@ def load(ctx: click.Context, model: str, gpus: str | None, wait: bool, timeout: 
             from gpuwarden.cli.waiting import load_and_wait
 
             view = load_and_wait(ctx, controller, model, selection,
-                                 wait_seconds or controller.settings.wait_timeout_minutes * 60)
+                                 wait_seconds or controller.settings.wait_timeout_seconds)
         else:
             view = controller.load(model, selection, actor=cli_actor())
     except ControllerError as error:

@@ -1,8 +1,9 @@
 """``gpuwarden load --wait`` and ``gpuwarden queue``: waiting in line for busy GPUs from the terminal.
 
-The CLI moves the queue itself while it waits (reads the GPUs, starts whichever load's turn it is),
-so waiting works with or without a running server; with one, both move it, and the state
-database lets exactly one of them start each load. Ctrl+C withdraws the request.
+The CLI reads the GPUs itself while it waits and starts its own request when its turn comes, so
+waiting works with or without a running server; with one, both try, and the state database lets
+exactly one of them start it. It never starts someone else's request (that model would run as this
+OS account): those are the server's. Ctrl+C withdraws the request.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from gpuwarden.controller import Controller
 from gpuwarden.errors import ControllerError
 from gpuwarden.present import duration_label, terminal_safe
 from gpuwarden.probe.shared import Freshness
-from gpuwarden.queueing import QueueLine
+from gpuwarden.queueing import QueueLine, line_of
 from gpuwarden.records import ModelState, ModelView, Selection
 from gpuwarden.waitlist import WaitEntry, WaitState
 
@@ -58,7 +59,7 @@ def _wait_in_line(ctx: click.Context, controller: Controller, entry: WaitEntry) 
             entry = controller.queue.entry(entry.id)
             if not entry.waiting:
                 return entry
-            line = next((line for line in controller.queue_lines() if line.entry.id == entry.id), None)
+            line = line_of(controller.queue_lines(), entry.id)
             if line is not None and (text := describe_line(line)) != said:
                 click.echo(text)
                 said = text

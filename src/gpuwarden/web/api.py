@@ -13,6 +13,7 @@ from gpuwarden.controller import Controller
 from gpuwarden.errors import BadSelection
 from gpuwarden.people import Actor, AuditAction, AuditEntry, AuditResult, may_administer
 from gpuwarden.probe.shared import Freshness
+from gpuwarden.queueing import line_of
 from gpuwarden.records import Selection, parse_selection
 from gpuwarden.runtime import RUNTIME_SETTING_RANGES
 from gpuwarden.waitlist import MAX_WAIT_SECONDS, MIN_WAIT_SECONDS, WaitEntry
@@ -143,7 +144,7 @@ def load(name: str, body: LoadRequest, controller: ControllerDep, actor: ActorDe
     selection = selection_for(controller, name, body.gpus, actor)
     if not body.wait:
         return controller.load(name, selection, actor=actor).to_dict()
-    wait_seconds = body.wait_timeout_seconds or controller.settings.wait_timeout_minutes * 60
+    wait_seconds = body.wait_timeout_seconds or controller.settings.wait_timeout_seconds
     outcome = controller.load_or_wait(name, selection, actor=actor, wait_seconds=wait_seconds)
     if not isinstance(outcome, WaitEntry):
         return outcome.to_dict()
@@ -153,7 +154,7 @@ def load(name: str, body: LoadRequest, controller: ControllerDep, actor: ActorDe
 
 def queue_entry(controller: Controller, entry: WaitEntry) -> dict[str, Any]:
     """A queued load in the API's form: with its place in line and its GPUs' holders while it waits."""
-    line = next((line for line in controller.queue_lines() if line.entry.id == entry.id), None)
+    line = line_of(controller.queue_lines(), entry.id)
     return line.to_dict() if line is not None else entry.to_dict()
 
 

@@ -113,7 +113,7 @@ def load(request: Request, name: str, controller: ControllerDep, accounts: Accou
         selection = selection_for(controller, name, form_selection(gpus), actor)
         if wait == "true":
             outcome = controller.load_or_wait(name, selection, actor=actor,
-                                              wait_seconds=controller.settings.wait_timeout_minutes * 60)
+                                              wait_seconds=controller.settings.wait_timeout_seconds)
         else:
             outcome = controller.load(name, selection, actor=actor)
         message, ok = load_message(name, outcome), True

@@ -13,7 +13,7 @@ from gpuwarden.history import WINDOW_SECONDS, Sample
 from gpuwarden.present import BOLT
 from gpuwarden.queueing import QueueLine
 from gpuwarden.records import GpuState, ModelView
-from gpuwarden.waitlist import WaitEntry, claim_text
+from gpuwarden.waitlist import WaitEntry, claim_text, claims
 
 
 @dataclass(frozen=True)
@@ -137,10 +137,7 @@ def buttons_for(model: ModelView, status: StatusDocument, queue: Sequence[QueueL
     to wait for it; an idle one promised to the queue is disabled (``queue``: the waiting loads)."""
     if status.cpu_mode:
         return [cpu_button(model)]
-    first_in_line: dict[int, WaitEntry] = {}
-    for line in queue:
-        for index in line.entry.gpu_indexes:
-            first_in_line.setdefault(index, line.entry)
+    first_in_line = claims([line.entry for line in queue])
     waiting = any(line.entry.model_name == model.name for line in queue)
     buttons = [gpu_button(model, gpu, first_in_line.get(gpu.index), waiting) for gpu in status.gpus]
     if status.unreadable:
