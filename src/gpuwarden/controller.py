@@ -28,7 +28,6 @@ from gpuwarden.errors import (
     NotLoaded,
     NotWaiting,
     StateUnavailable,
-    UnknownModel,
 )
 from gpuwarden.launch import needs_port, plan_launch
 from gpuwarden.launching import Reservation, launch_reserved
@@ -166,11 +165,7 @@ class Controller:
         return model[0] if model is not None else None
 
     def model_spec(self, name: str) -> ModelConfig:
-        spec = self.settings.model(name)
-        if spec is None:
-            known = ", ".join(m.name for m in self.settings.models) or "none configured"
-            raise UnknownModel(f"unknown model {name[:80]!r} (known: {known})")
-        return spec
+        return rules.configured_model(self.settings, name)
 
     # ----------------------------------------------------------------- load / unload
 

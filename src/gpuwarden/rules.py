@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from gpuwarden.classify import StatusDocument
-from gpuwarden.config import ModelConfig
-from gpuwarden.errors import BadSelection, GpusBusy, LoadRefused
+from gpuwarden.config import ModelConfig, Settings
+from gpuwarden.errors import BadSelection, GpusBusy, LoadRefused, UnknownModel
 from gpuwarden.history import Activity
 from gpuwarden.process.exitrecord import ExitRecord
 from gpuwarden.records import GpuState, ModelState, ModelView, PlacementRecord, Selection
@@ -20,6 +20,15 @@ from gpuwarden.waitlist import WaitEntry, claim_text
 
 # What became of a placement whose process ended: its new state, exit code and error.
 Outcome = tuple[ModelState, int | None, str | None]
+
+
+def configured_model(settings: Settings, name: str) -> ModelConfig:
+    """The model of that name, or :class:`UnknownModel` naming the ones there are."""
+    spec = settings.model(name)
+    if spec is None:
+        known = ", ".join(m.name for m in settings.models) or "none configured"
+        raise UnknownModel(f"unknown model {name[:80]!r} (known: {known})")
+    return spec
 
 
 def refuse_if_already_loaded(name: str, active: Sequence[PlacementRecord]) -> None:

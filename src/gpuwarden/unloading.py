@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
+from gpuwarden import rules
 from gpuwarden.config import Settings
-from gpuwarden.errors import NotLoaded, NotPermitted, StateUnavailable, UnknownModel
+from gpuwarden.errors import NotLoaded, NotPermitted, StateUnavailable
 from gpuwarden.people import Actor, AuditAction, AuditEntry, AuditResult, may_unload
 from gpuwarden.process import ProcessHost
 from gpuwarden.records import ModelState, PlacementRecord
@@ -32,9 +33,7 @@ class Unloader:
             with self.store.exclusive() as tx:
                 mine = [p for p in tx.active_placements() if p.model_name == name]
                 if not mine:
-                    if self.settings.model(name) is None:
-                        known = ", ".join(m.name for m in self.settings.models) or "none configured"
-                        raise UnknownModel(f"unknown model {name[:80]!r} (known: {known})")
+                    rules.configured_model(self.settings, name)
                     raise NotLoaded(f"model {name} is not loaded")
                 for record in mine:
                     if not may_unload(actor, record.owner, self.settings.auth):
